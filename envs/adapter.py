@@ -1,0 +1,233 @@
+"""PettingZoo ParallelEnv -> RLlib MultiAgentEnv with one RLlib agent per team.
+
+A Bayesian-network policy samples a child's action after its parents' (DESIGN.md, "Teams: one
+RLlib agent per team"), so RLlib cannot batch a team's agents itself. The adapter therefore
+groups every team into a single RLlib agent whose
+
+- observation is a dict: ``obs`` [n, d] local observations, zero-padded to the largest agent's
+  size; ``state`` [S] the global state (``env.state()`` where the env has it, else the
+  concatenated padded observations); ``action_mask`` [n, A] (1 = allowed); ``alive`` [n];
+- action is the joint action [n] (discrete; agents with fewer actions than A have the extra
+  actions masked out);
+- reward is the team reward: the **sum** of its agents' rewards at that step.
+
+Agents are ordered as the env lists them in ``possible_agents`` (a list, so deterministic),
+and a dead agent keeps its slot: zero observation, ``alive`` 0, and only action 0 allowed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from ray.rllib.env.multi_agent_env import MultiAgentEnv
+
+DEFAULT_TEAM = "team_0"
+WIN_INFO_KEYS = ("battle_won", "won")
+
+
+def resolve_env_factory(import_path: str) -> Callable[..., Any]:
+    """Return the callable that builds a ParallelEnv for ``import_path``.
+
+    ``pkg.module`` means ``pkg.module.parallel_env``; ``pkg.module:fn`` names the callable.
+    Raises ``ImportError`` or ``AttributeError`` with a readable message.
+    """
+    module_name, _, attr = import_path.partition(":")
+    module = importlib.import_module(module_name)
+    attr = attr or "parallel_env"
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise AttributeError(f"module '{module_name}' has no callable '{attr}'")
+    return factory
+
+
+def _flat_dim(space: gym.Space) -> int:
+    return int(gym.spaces.flatdim(space))
+
+
+@dataclass
+class TeamSpec:
+    """Shapes of one team as the learner sees them."""
+
+    name: str
+    agents: list[str]
+    obs_dim: int
+    n_actions: int
+    state_dim: int
+    agent_n_actions: list[int] = field(default_factory=list)
+
+    @property
+    def n_agents(self) -> int:
+        return len(self.agents)
+
+
+def _split_obs_space(space: gym.Space) -> tuple[gym.Space, bool]:
+    """PettingZoo's action-mask convention: Dict(observation=..., action_mask=...)."""
+    if isinstance(space, gym.spaces.Dict) and "observation" in space.spaces:
+        return space["observation"], "action_mask" in space.spaces
+    return space, False
+
+
+class TeamEnv(MultiAgentEnv):
+    """RLlib view of a PettingZoo ParallelEnv, one RLlib agent per team.
+
+    ``config`` keys: ``import`` (str), ``kwargs`` (dict) and optionally ``teams``
+    (team name -> list of agent names or name prefixes; default: one team with every agent).
+    """
+
+    def __init__(self, config: dict | None = None):
+        super().__init__()
+        config = dict(config or {})
+        factory = resolve_env_factory(config["import"])
+        self.env = factory(**dict(config.get("kwargs") or {}))
+        names = list(self.env.possible_agents)
+        self.teams = self._group(names, config.get("teams"))
+        self._obs_spaces = {a: _split_obs_space(self.env.observation_space(a)) for a in names}
+
+        self.env.reset(seed=config.get("seed"))
+        self._has_state = self._probe_state()
+        self.specs: dict[str, TeamSpec] = {}
+        for team, members in self.teams.items():
+            n_acts = [int(self.env.action_space(a).n) for a in members]
+            obs_dim = max(_flat_dim(self._obs_spaces[a][0]) for a in members)
+            state_dim = self._state_dim(names)
+            self.specs[team] = TeamSpec(team, members, obs_dim, max(n_acts), state_dim, n_acts)
+
+        self.possible_agents = list(self.teams)
+        self.agents = list(self.teams)
+        self.observation_spaces = {t: self._team_obs_space(s) for t, s in self.specs.items()}
+        self.action_spaces = {
+            t: gym.spaces.MultiDiscrete([s.n_actions] * s.n_agents) for t, s in self.specs.items()
+        }
+        self._all_agents = names
+        self._dead: set[str] = set()
+
+    # ----------------------------------------------------------------- construction helpers
+    @staticmethod
+    def _group(names: list[str], teams: dict[str, list[str]] | None) -> dict[str, list[str]]:
+        if not teams:
+            return {DEFAULT_TEAM: names}
+        grouped: dict[str, list[str]] = {}
+        for team, patterns in teams.items():
+            members = [n for n in names if any(n == p or n.startswith(p) for p in patterns)]
+            if not members:
+                raise ValueError(f"team '{team}' matches no agent of {names}")
+            grouped[team] = members
+        return grouped
+
+    def _probe_state(self) -> bool:
+        try:
+            np.asarray(self.env.state())
+            return True
+        except (NotImplementedError, AttributeError):
+            return False
+
+    def _state_dim(self, names: list[str]) -> int:
+        if self._has_state:
+            return int(np.asarray(self.env.state()).size)
+        return sum(max(_flat_dim(self._obs_spaces[a][0]) for a in names) for _ in names)
+
+    @staticmethod
+    def _team_obs_space(spec: TeamSpec) -> gym.spaces.Dict:
+        n, d, a = spec.n_agents, spec.obs_dim, spec.n_actions
+        inf = np.float32(np.inf)
+        return gym.spaces.Dict(
+            {
+                "obs": gym.spaces.Box(-inf, inf, (n, d), np.float32),
+                "state": gym.spaces.Box(-inf, inf, (spec.state_dim,), np.float32),
+                "action_mask": gym.spaces.Box(0.0, 1.0, (n, a), np.float32),
+                "alive": gym.spaces.Box(0.0, 1.0, (n,), np.float32),
+            }
+        )
+
+    # --------------------------------------------------------------------- translation
+    def _agent_obs(self, agent: str, raw: Any, info: dict) -> tuple[np.ndarray, np.ndarray | None]:
+        space, has_mask = self._obs_spaces[agent]
+        mask = None
+        if has_mask:
+            mask = np.asarray(raw["action_mask"], np.float32)
+            raw = raw["observation"]
+        elif isinstance(info, dict) and "action_mask" in info:
+            mask = np.asarray(info["action_mask"], np.float32)
+        return np.asarray(gym.spaces.flatten(space, raw), np.float32), mask
+
+    def _team_obs(self, team: str, obs: dict, infos: dict) -> dict[str, np.ndarray]:
+        spec = self.specs[team]
+        o = np.zeros((spec.n_agents, spec.obs_dim), np.float32)
+        m = np.zeros((spec.n_agents, spec.n_actions), np.float32)
+        alive = np.zeros(spec.n_agents, np.float32)
+        for i, agent in enumerate(spec.agents):
+            if agent in obs and agent not in self._dead:
+                flat, mask = self._agent_obs(agent, obs[agent], infos.get(agent, {}))
+                o[i, : flat.size] = flat
+                if mask is None:
+                    m[i, : spec.agent_n_actions[i]] = 1.0
+                else:
+                    m[i, : mask.size] = mask
+                alive[i] = 1.0
+            else:
+                m[i, 0] = 1.0  # a dead agent can only take the no-op
+        return {"obs": o, "state": self._state(obs, infos), "action_mask": m, "alive": alive}
+
+    def _state(self, obs: dict, infos: dict) -> np.ndarray:
+        if self._has_state:
+            return np.asarray(self.env.state(), np.float32).reshape(-1)
+        parts = []
+        d = max(_flat_dim(self._obs_spaces[a][0]) for a in self._all_agents)
+        for agent in self._all_agents:
+            row = np.zeros(d, np.float32)
+            if agent in obs:
+                flat, _ = self._agent_obs(agent, obs[agent], infos.get(agent, {}))
+                row[: flat.size] = flat
+            parts.append(row)
+        return np.concatenate(parts)
+
+    def _team_info(self, team: str, infos: dict) -> dict:
+        out: dict[str, Any] = {}
+        for agent in self.specs[team].agents:
+            info = infos.get(agent) or {}
+            for key in WIN_INFO_KEYS:
+                if key in info:
+                    out["won"] = bool(out.get("won", False) or info[key])
+        return out
+
+    # -------------------------------------------------------------------------- API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, infos = self.env.reset(seed=seed, options=options)
+        infos = infos or {}
+        self._dead = set()
+        return (
+            {t: self._team_obs(t, obs, infos) for t in self.teams},
+            {t: self._team_info(t, infos) for t in self.teams},
+        )
+
+    def step(self, action_dict: dict[str, np.ndarray]):
+        live = set(self.env.agents)
+        actions = {}
+        for team, joint in action_dict.items():
+            for i, agent in enumerate(self.specs[team].agents):
+                if agent in live:
+                    actions[agent] = int(joint[i])
+        obs, rewards, terms, truncs, infos = self.env.step(actions)
+        infos = infos or {}
+        self._dead |= {a for a, t in terms.items() if t and not truncs.get(a, False)}
+        done = len(self.env.agents) == 0
+        truncated = done and any(truncs.get(a, False) for a in truncs)
+        terminated = done and not truncated
+        team_obs, team_rew, team_info = {}, {}, {}
+        for team, spec in self.specs.items():
+            team_obs[team] = self._team_obs(team, obs, infos)
+            team_rew[team] = float(sum(rewards.get(a, 0.0) for a in spec.agents))
+            team_info[team] = self._team_info(team, infos)
+        term = {t: terminated for t in self.teams}
+        trunc = {t: truncated for t in self.teams}
+        term["__all__"] = terminated
+        trunc["__all__"] = truncated
+        return team_obs, team_rew, term, trunc, team_info
+
+    def close(self):
+        self.env.close()

@@ -1,0 +1,264 @@
+"""Configs: YAML composed with OmegaConf, validated with pydantic, before Ray starts.
+
+Composition, lowest priority first:
+
+1. ``configs/base.yaml``: every default, commented (the one place defaults live);
+2. files listed under ``defaults:`` in the experiment file (paths relative to it), in order;
+3. the experiment file itself (it states only what differs);
+4. dotted ``key=value`` overrides from the command line.
+
+The result is checked against the schema below. Every failure becomes a ``ConfigError`` whose
+message names the key or file and what was expected; the CLI prints it as one ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from marl.errors import ConfigError
+from marl.graphs.dag import check_acyclic
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+BASE_CONFIG = CONFIG_DIR / "base.yaml"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+# A constant, or RLlib's piecewise-linear schedule [[env_step, value], ...] starting at step 0.
+Schedule = float | list[tuple[NonNegInt, float]]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, populate_by_name=True)
+
+
+def _check_schedule(value: Schedule, name: str) -> Schedule:
+    if isinstance(value, list):
+        if not value or value[0][0] != 0:
+            raise ValueError(f"a schedule for {name} must start at env step 0, e.g. [[0, 5e-4], [1000000, 1e-4]]")
+        steps = [s for s, _ in value]
+        if steps != sorted(steps):
+            raise ValueError(f"schedule steps for {name} must increase")
+    return value
+
+
+class EnvConfig(Strict):
+    import_: str = Field(alias="import")
+    kwargs: dict[str, Any]
+    teams: dict[str, list[str]] | None = None
+
+    @field_validator("import_")
+    @classmethod
+    def _resolves(cls, path: str) -> str:
+        from envs.adapter import resolve_env_factory
+
+        try:
+            resolve_env_factory(path)
+        except ImportError as e:
+            raise ValueError(
+                f"cannot import '{path}' ({e}); expected a module with parallel_env() or 'module:callable'"
+            ) from None
+        except AttributeError as e:
+            raise ValueError(f"'{path}': {e}") from None
+        return path
+
+
+class GraphConfig(Strict):
+    mode: Literal["empty", "full", "fixed"]
+    edges: list[tuple[NonNegInt, NonNegInt]]
+
+    @model_validator(mode="after")
+    def _edges_form_a_dag(self) -> GraphConfig:
+        if self.mode != "fixed" and self.edges:
+            raise ValueError(f"edges are only read when mode is 'fixed' (mode is '{self.mode}')")
+        if self.edges:
+            check_acyclic(1 + max(max(e) for e in self.edges), [tuple(e) for e in self.edges])
+        return self
+
+
+class ModelConfig(Strict):
+    hidden: PosInt
+    layers: PosInt
+    activation: Literal["tanh", "relu"]
+    critic: Literal["centralized", "decentralized"]
+    value_normalization: bool
+    graph: GraphConfig
+
+
+class AlgoConfig(Strict):
+    name: Literal["mappo"]
+    lr: Schedule
+    gamma: Annotated[float, Field(gt=0.0, le=1.0)]
+    lambda_: Probability
+    clip_param: Annotated[float, Field(gt=0.0)]
+    entropy_coeff: Schedule
+    vf_loss_coeff: Annotated[float, Field(ge=0.0)]
+    grad_clip: Annotated[float, Field(gt=0.0)] | None
+    train_batch_size: PosInt
+    minibatch_size: PosInt
+    num_epochs: PosInt
+
+    @field_validator("lr", "entropy_coeff")
+    @classmethod
+    def _schedule(cls, v, info):
+        return _check_schedule(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _minibatch_fits(self) -> AlgoConfig:
+        if self.minibatch_size > self.train_batch_size:
+            raise ValueError(
+                f"minibatch_size ({self.minibatch_size}) must not exceed train_batch_size ({self.train_batch_size})"
+            )
+        return self
+
+
+class RunnersConfig(Strict):
+    num_env_runners: NonNegInt
+    num_envs_per_env_runner: PosInt
+    num_gpus_per_learner: Annotated[float, Field(ge=0.0)]
+
+
+class TrainConfig(Strict):
+    total_env_steps: PosInt
+    checkpoint_every: PosInt
+    progress: Literal["auto", "bar", "log"]
+
+
+class Config(Strict):
+    name: str
+    seed: NonNegInt
+    output_dir: str
+    env: EnvConfig
+    model: ModelConfig
+    algo: AlgoConfig
+    runners: RunnersConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json")
+
+
+# ------------------------------------------------------------------------------ loading
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist (expected a YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _compose(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config file '{path}' includes itself through 'defaults'")
+    data = _read_yaml(path)
+    parents = data.pop("defaults", []) or []
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ConfigError(f"'defaults' in '{path}' must be a list of file paths")
+    layers: list[dict[str, Any]] = []
+    for parent in parents:
+        layers += _compose((path.parent / parent), seen + (path,))
+    return layers + [data]
+
+
+def _parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        key, eq, _ = item.partition("=")
+        if not eq or not key or key.strip() != key:
+            raise ConfigError(f"override '{item}' must look like key.sub=value")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot parse overrides {overrides}: {str(e).splitlines()[0]}") from None
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names (by alias) at ``loc`` inside ``model``, for 'did you mean' hints."""
+    for part in loc:
+        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+UNION_TAGS = {"float", "int", "str", "bool", "none"}
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    # Drop pydantic's union-member tags ('float', 'list[...]') from the location.
+    loc = tuple(
+        str(p) for p in err["loc"] if not (str(p) in UNION_TAGS or "[" in str(p) or isinstance(p, int))
+    )
+    key = ".".join(loc) or "<root>"
+    if err["type"] == "extra_forbidden":
+        known = _known_keys(Config, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
+        hint = f" (did you mean '{'.'.join(loc[:-1] + (close[0],))}'?)" if close else ""
+        return f"unknown config key '{key}'{hint}; valid keys here: {', '.join(known)}"
+    if err["type"] == "missing":
+        return f"config key '{key}' is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"config key '{key}': {msg}{shown}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Compose, override and validate a config. Raises ConfigError with a one-line message."""
+    layers = [_read_yaml(BASE_CONFIG)]
+    layers += _compose(Path(path) if path else DEFAULT_CONFIG)
+    layers.append(_parse_overrides(overrides or []))
+    try:
+        merged = OmegaConf.to_container(OmegaConf.merge(*[OmegaConf.create(x) for x in layers]))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot merge config: {str(e).splitlines()[0]}") from None
+    try:
+        config = Config.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e.errors()[0])) from None
+    _check_against_env(config)
+    return config
+
+
+def _check_against_env(config: Config) -> None:
+    """Build the env once: its kwargs and the graph's agent indices must fit it."""
+    from envs.adapter import TeamEnv
+
+    try:
+        env = TeamEnv(config.to_dict()["env"])
+    except TypeError as e:
+        raise ConfigError(f"config key 'env.kwargs': {config.env.import_} rejects them ({e})") from None
+    except ValueError as e:
+        raise ConfigError(f"config key 'env.teams': {e}") from None
+    sizes = [s.n_agents for s in env.specs.values()]
+    env.close()
+    for j, i in config.model.graph.edges:
+        if max(i, j) >= min(sizes):
+            raise ConfigError(
+                f"config key 'model.graph.edges': edge [{j}, {i}] names an agent outside 0..{min(sizes) - 1}"
+            )
+
+
+def config_from_file(path: Path) -> Config:
+    """Validate a resolved config (a run's config.yaml): no composition, no defaults."""
+    try:
+        config = Config.model_validate(_read_yaml(path))
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {_format_error(e.errors()[0])}") from None
+    return config

@@ -1,0 +1,186 @@
+"""JointPolicyModule: one RLlib module per team, acting for all of the team's agents.
+
+- Actor: one MLP shared by every agent. Agent i's input is [o_i, onehot(i), parents' actions],
+  where the parents' actions are the team's one-hot actions masked by column i of the DAG G
+  (Chen & Zhang 2023, eq. 1: π_i(a_i | o_i, a_Pa(i))). Under the empty graph that input is all
+  zeros and the policy is MAPPO's (Yu et al. 2022) parameter-shared actor.
+- Sampling: agents are sampled in a topological order of G, one position at a time, each
+  child reading the actions its parents have just sampled. With the empty graph every agent
+  is sampled in one batched pass: the order cannot matter.
+- Critic: centralised V(s) on the global state (MAPPO), or, with ``critic: decentralized``,
+  one V(o_i, i) per agent (IPPO). Outputs are normalised values (see ``ValueNorm``);
+  ``compute_values`` returns them in return units.
+
+Shapes: B batch, n agents, d observation size, A actions (the largest agent's).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
+from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
+from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
+from torch import nn
+
+from marl.graphs import GraphSample, make_graph
+from marl.modules.value_norm import ValueNorm
+
+MASKED_LOGIT = -1e9
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, act: str, out_gain: float) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    d = in_dim
+    for _ in range(layers):
+        lin = nn.Linear(d, hidden)
+        nn.init.orthogonal_(lin.weight, gain=2**0.5)
+        nn.init.zeros_(lin.bias)
+        mods += [lin, ACTIVATIONS[act]()]
+        d = hidden
+    head = nn.Linear(d, out_dim)
+    nn.init.orthogonal_(head.weight, gain=out_gain)
+    nn.init.zeros_(head.bias)
+    return nn.Sequential(*mods, head)
+
+
+class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
+    """model_config keys: hidden, layers, activation, critic ('centralized'|'decentralized'),
+    value_normalization (bool), graph (dict: mode, edges, ...)."""
+
+    def setup(self):
+        mc = self.model_config
+        obs_space = self.observation_space
+        self.n, self.d = obs_space["obs"].shape
+        self.A = int(self.action_space.nvec[0])
+        self.state_dim = obs_space["state"].shape[0]
+        hidden, layers, act = mc.get("hidden", 64), mc.get("layers", 2), mc.get("activation", "tanh")
+        self.centralized = mc.get("critic", "centralized") == "centralized"
+
+        self.graph = make_graph(self.n, dict(mc.get("graph") or {}))
+        self.actor = mlp(self.d + self.n + self.n * self.A, hidden, layers, self.A, act, 0.01)
+        critic_in = self.state_dim if self.centralized else self.d + self.n
+        self.critic = mlp(critic_in, hidden, layers, 1, act, 1.0)
+        self.value_norm = ValueNorm(1 if self.centralized else self.n)
+        self.use_value_norm = bool(mc.get("value_normalization", True))
+        self.register_buffer("agent_ids", torch.eye(self.n), persistent=False)
+
+    # ----------------------------------------------------------------------- pieces
+    def _actor_base(self, obs: torch.Tensor) -> torch.Tensor:
+        """[B, n, d] -> [B, n, d + n]: observation plus one-hot agent id."""
+        return torch.cat([obs, self.agent_ids.expand(obs.shape[0], -1, -1)], dim=-1)
+
+    @staticmethod
+    def _mask_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return logits.masked_fill(mask < 0.5, MASKED_LOGIT)
+
+    def conditional_logits(
+        self, obs: dict, actions: torch.Tensor, graph: GraphSample
+    ) -> torch.Tensor:
+        """Teacher-forced logits of π_i(· | o_i, a_Pa(i)) for every agent at once: [B, n, A].
+
+        ``actions`` [B, n] are the team's actions; only parents' entries reach agent i.
+        """
+        base = self._actor_base(obs["obs"])
+        b = base.shape[0]
+        if graph.empty:
+            parents = base.new_zeros(b, self.n, self.n * self.A)
+        else:
+            onehot = F.one_hot(actions.long(), self.A).to(base.dtype)  # [B, n(j), A]
+            # parents[b, i, j, :] = G[b, j, i] * onehot[b, j, :]
+            parents = graph.adjacency.transpose(1, 2).unsqueeze(-1) * onehot.unsqueeze(1)
+            parents = parents.reshape(b, self.n, self.n * self.A)
+        logits = self.actor(torch.cat([base, parents], dim=-1))
+        return self._mask_logits(logits, obs["action_mask"])
+
+    def sample_joint(
+        self, obs: dict, graph: GraphSample, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample the joint action in DAG order. Returns (actions [B, n], logits [B, n, A])."""
+        if graph.empty:
+            logits = self.conditional_logits(obs, torch.zeros_like(obs["alive"]), graph)
+            return self._pick(logits, deterministic), logits
+
+        base = self._actor_base(obs["obs"])
+        b = base.shape[0]
+        rows = torch.arange(b, device=base.device)
+        actions = torch.zeros(b, self.n, dtype=torch.long, device=base.device)
+        onehot = base.new_zeros(b, self.n, self.A)
+        logits = base.new_zeros(b, self.n, self.A)
+        for pos in range(self.n):
+            i = graph.order[:, pos]  # [B]: the agent each env samples now
+            col = graph.adjacency[rows, :, i]  # [B, n]: parents of agent i
+            parents = (col.unsqueeze(-1) * onehot).reshape(b, self.n * self.A)
+            lg = self.actor(torch.cat([base[rows, i], parents], dim=-1))
+            lg = self._mask_logits(lg, obs["action_mask"][rows, i])
+            a = self._pick(lg, deterministic)
+            actions[rows, i] = a
+            onehot[rows, i] = F.one_hot(a, self.A).to(base.dtype)
+            logits[rows, i] = lg
+        return actions, logits
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        if deterministic:
+            return logits.argmax(-1)
+        return torch.distributions.Categorical(logits=logits).sample()
+
+    @staticmethod
+    def agent_logp(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Per-agent conditional log-probs [B, n]."""
+        return torch.log_softmax(logits, -1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    # --------------------------------------------------------------------- RLlib API
+    def _act(self, batch: dict[str, Any], deterministic: bool) -> dict[str, Any]:
+        obs = batch[Columns.OBS]
+        graph = self.graph(obs["obs"])
+        actions, logits = self.sample_joint(obs, graph, deterministic)
+        return {
+            Columns.ACTIONS: actions,
+            Columns.ACTION_LOGP: self.agent_logp(logits, actions).sum(-1),
+            Columns.ACTION_DIST_INPUTS: logits.reshape(logits.shape[0], -1),
+        }
+
+    def _forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        return self._act(batch, deterministic=True)
+
+    def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        return self._act(batch, deterministic=False)
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        obs = batch[Columns.OBS]
+        graph = self.graph(obs["obs"])
+        logits = self.conditional_logits(obs, batch[Columns.ACTIONS], graph)
+        return {
+            Columns.ACTION_DIST_INPUTS: logits.reshape(logits.shape[0], -1),
+            Columns.VF_PREDS: self.normalized_values(batch),
+        }
+
+    def normalized_values(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Critic output in normalised units: [B, 1] centralised or [B, n] per agent."""
+        obs = batch[Columns.OBS]
+        if self.centralized:
+            return self.critic(obs["state"])
+        return self.critic(self._actor_base(obs["obs"])).squeeze(-1)
+
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
+        v = self.normalized_values(batch)
+        if self.use_value_norm:
+            v = self.value_norm.denormalize(v)
+        return v.squeeze(-1) if self.centralized else v
+
+    def _dist_cls(self):
+        return TorchMultiCategorical.get_partial_dist_cls(input_lens=[self.A] * self.n)
+
+    def get_inference_action_dist_cls(self):
+        return self._dist_cls()
+
+    def get_exploration_action_dist_cls(self):
+        return self._dist_cls()
+
+    def get_train_action_dist_cls(self):
+        return self._dist_cls()

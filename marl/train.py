@@ -1,0 +1,326 @@
+"""Training runs: run directory, RLlib's Algorithm driving the loop, checkpoints and resume.
+
+Run directory (DESIGN.md, "Contracts")::
+
+    runs/<name>-<YYYYmmdd-HHMMSS>/
+        config.yaml           resolved config
+        metrics.jsonl         one JSON object per iteration
+        tb/                   TensorBoard events
+        checkpoints/iter_000010/   RLlib checkpoint + run_state.json + rng_state.pkl + config.yaml
+        plots/
+
+A checkpoint is written to a temporary name and renamed into place, so a kill never leaves a
+half-written one under a real name. Resume restores RLlib's state (weights, optimizer, step
+counters, schedules) plus this process's RNG state, and cuts metrics.jsonl back to the
+checkpoint's iteration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from marl.config import Config
+from marl.errors import TrainingDiverged, UserError
+from marl.progress import Progress
+
+CHECKPOINT_PREFIX = "iter_"
+RUN_STATE = "run_state.json"
+RNG_STATE = "rng_state.pkl"
+KEEP_CHECKPOINTS = 5
+# Learner metrics copied into metrics.jsonl (and TensorBoard) under the same names.
+LEARNER_KEYS = {
+    "policy_loss": "policy_loss",
+    "vf_loss": "vf_loss",
+    "entropy": "entropy",
+    "approx_kl": "approx_kl",
+    "clip_fraction": "clip_fraction",
+    "total_loss": "total_loss",
+    "default_optimizer_learning_rate": "lr",
+    "curr_entropy_coeff": "entropy_coeff",
+}
+
+
+@dataclass
+class RunState:
+    iteration: int = 0
+    env_steps: int = 0
+    time_s: float = 0.0
+
+
+# ------------------------------------------------------------------------ run directory
+def create_run_dir(cfg: Config) -> Path:
+    """A new directory under output_dir; never reuses an existing one."""
+    root = Path(cfg.output_dir)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for k in range(1000):
+        path = root / (f"{cfg.name}-{stamp}" + (f"-{k}" if k else ""))
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"cannot create a new run directory under '{root}'")
+
+
+def write_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    found = [p for p in (run_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+# ---------------------------------------------------------------------------- seeding
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+# ---------------------------------------------------------------------------- trainer
+def init_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        ray.init(
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+            configure_logging=True,
+        )
+    logging.getLogger("ray").setLevel(logging.ERROR)
+
+
+def _finite(x: Any) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return True
+
+
+def _num(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+class Trainer:
+    """Drives ``Algorithm.train()`` until the env-step budget is spent."""
+
+    def __init__(self, cfg: Config, run_dir: Path, state: RunState | None = None):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.state = state or RunState()
+        self.algo = None
+        self.writer = None
+
+    # .............................................................. construction
+    def build(self, resume_from: Path | None = None) -> None:
+        from marl.algorithms import build_algorithm_config
+
+        init_ray()
+        algo_cfg = build_algorithm_config(self.cfg)
+        if resume_from is not None:
+            # Fresh env seeds after a resume, derived from (seed, iteration), so the envs do
+            # not replay the episodes they started the run with.
+            algo_cfg.debugging(seed=self.cfg.seed + 7919 * self.state.iteration)
+        self.algo = algo_cfg.build_algo()
+        if resume_from is None:
+            seed_everything(self.cfg.seed)
+        else:
+            self.algo.restore_from_path(str(resume_from.resolve()))
+            with open(resume_from / RNG_STATE, "rb") as f:
+                set_rng_state(pickle.load(f))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.state.iteration + 1)
+
+    # .................................................................. the loop
+    def run(self) -> Path:
+        total = self.cfg.train.total_env_steps
+        every = self.cfg.train.checkpoint_every
+        last_ckpt = latest_checkpoint(self.run_dir)
+        metrics_path = self.run_dir / "metrics.jsonl"
+        with Progress(total, self.cfg.train.progress, start=self.state.env_steps) as bar, open(
+            metrics_path, "a"
+        ) as metrics_file:
+            while self.state.env_steps < total:
+                t0 = time.perf_counter()
+                result = self.algo.train()
+                dt = time.perf_counter() - t0
+                row = self._record(result, dt)
+                if not self._healthy(row):
+                    where = f"'{last_ckpt}'" if last_ckpt else "none (no checkpoint was written yet)"
+                    raise TrainingDiverged(
+                        f"non-finite loss or weights at iteration {row['iteration']}; "
+                        f"training stopped; the last good checkpoint is {where}"
+                    )
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+                self._log_tb(row)
+                bar.update(row)
+                done = self.state.env_steps >= total
+                if done or self.state.iteration % every == 0:
+                    last_ckpt = self.save_checkpoint()
+        self.writer.close()
+        return self.run_dir
+
+    def _record(self, result: dict[str, Any], dt: float) -> dict[str, Any]:
+        er = result.get("env_runners", {})
+        sampled = int(er.get("num_env_steps_sampled", 0) or 0)
+        self.state.iteration += 1
+        self.state.env_steps += sampled
+        self.state.time_s += dt
+        row: dict[str, Any] = {
+            "iteration": self.state.iteration,
+            "env_steps": self.state.env_steps,
+            "episode_return_mean": _num(er.get("episode_return_mean")),
+            "episode_len_mean": _num(er.get("episode_len_mean")),
+            "time_s": round(self.state.time_s, 3),
+            "env_steps_per_s": round(sampled / dt, 1) if dt > 0 else None,
+        }
+        learners = result.get("learners", {})
+        self._nonfinite = False
+        for module_id, stats in learners.items():
+            if module_id.startswith("__") or not isinstance(stats, dict):
+                continue
+            prefix = "" if len(self.algo.config.policies) == 1 else f"{module_id}/"
+            for src, dst in LEARNER_KEYS.items():
+                if src in stats:
+                    self._nonfinite |= not _finite(stats[src])
+                    row[prefix + dst] = _num(stats[src])
+        return row
+
+    def _healthy(self, row: dict[str, Any]) -> bool:
+        if self._nonfinite:
+            return False
+        for module_id in self.algo.config.policies:
+            module = self.algo.get_module(module_id)
+            if any(not torch.isfinite(p).all() for p in module.parameters()):
+                return False
+        return True
+
+    def _log_tb(self, row: dict[str, Any]) -> None:
+        step = row["iteration"]
+        for key, value in row.items():
+            if key != "iteration" and isinstance(value, int | float):
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    # ............................................................. checkpoints
+    def save_checkpoint(self) -> Path:
+        ckpt_root = self.run_dir / "checkpoints"
+        ckpt_root.mkdir(exist_ok=True)
+        final = ckpt_root / f"{CHECKPOINT_PREFIX}{self.state.iteration:06d}"
+        tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.algo.save_to_path(str(tmp.resolve()))
+        (tmp / RUN_STATE).write_text(json.dumps(asdict(self.state)))
+        with open(tmp / RNG_STATE, "wb") as f:
+            pickle.dump(rng_state(), f)
+        write_config(self.cfg, tmp / "config.yaml")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in checkpoints(self.run_dir)[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def stop(self) -> None:
+        if self.algo is not None:
+            self.algo.stop()
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ------------------------------------------------------------------------ entry points
+def train(cfg: Config) -> Path:
+    run_dir = create_run_dir(cfg)
+    (run_dir / "plots").mkdir()
+    write_config(cfg, run_dir / "config.yaml")
+    print(f"run directory: {run_dir}", file=sys.stderr)
+    trainer = Trainer(cfg, run_dir)
+    try:
+        trainer.build()
+        return trainer.run()
+    finally:
+        trainer.stop()
+
+
+def load_run(run_dir: Path) -> tuple[Config, Path]:
+    """The config of a run and its last checkpoint, or a UserError naming what is missing."""
+    from marl.config import config_from_file
+
+    if not run_dir.is_dir():
+        raise UserError(f"run directory '{run_dir}' does not exist")
+    cfg = config_from_file(run_dir / "config.yaml")
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise UserError(f"run directory '{run_dir}' has no checkpoint under checkpoints/ to resume from")
+    return cfg, ckpt
+
+
+def resume(run_dir: Path) -> Path:
+    cfg, ckpt = load_run(run_dir)
+    state = RunState(**json.loads((ckpt / RUN_STATE).read_text()))
+    _truncate_metrics(run_dir / "metrics.jsonl", state.iteration)
+    print(f"resuming {run_dir} from {ckpt.name} (env step {state.env_steps})", file=sys.stderr)
+    trainer = Trainer(cfg, run_dir, state)
+    try:
+        trainer.build(resume_from=ckpt)
+        return trainer.run()
+    finally:
+        trainer.stop()
+
+
+def _truncate_metrics(path: Path, iteration: int) -> None:
+    """Drop rows written after the checkpoint (they are re-done) and any torn last line."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if row.get("iteration", 0) > iteration:
+            break
+        keep.append(line)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(k + "\n" for k in keep))
+    os.replace(tmp, path)

@@ -1,0 +1,169 @@
+"""Learning curves: this project's MAPPO vs RLlib's stock PPO (one shared policy) on
+simple_spread (3 agents, 25 steps), same env-step budget, seeds and PPO settings.
+
+Each (method, seed) runs in its own process (``--jobs`` at a time). MAPPO runs through the
+project's trainer (``marl.train``), exactly as ``run.py train`` does. Team return is the sum of
+the agents' rewards over the episode for both (RLlib's ``episode_return_mean``, smoothed over
+the last 20 episodes). Writes ``<out>/curves.json`` and ``<out>/learning_simple_spread.png``;
+the last stdout line is one JSON object with each method's final return (mean of the last 5
+iterations) per seed.
+
+    python benchmarks/learning.py --steps 1000000 --seeds 0 1 2 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ENV_KWARGS = {"N": 3, "max_cycles": 25, "continuous_actions": False}
+# Shared PPO settings (the project's defaults in configs/base.yaml).
+PPO = {"lr": 5e-4, "gamma": 0.99, "lambda_": 0.95, "clip_param": 0.2, "entropy_coeff": 0.01,
+       "vf_loss_coeff": 1.0, "grad_clip": 10.0, "train_batch_size": 2000, "minibatch_size": 500,
+       "num_epochs": 5}
+ENVS_PER_RUNNER = 16
+FINAL_WINDOW = 5
+
+
+def run_mappo(steps: int, seed: int, out: Path) -> list[tuple[int, float]]:
+    from marl.config import load_config
+    from marl.train import train
+
+    overrides = [f"algo.{k}={v}" for k, v in PPO.items()] + [
+        f"train.total_env_steps={steps}", f"seed={seed}", f"output_dir={out / 'runs'}",
+        f"name=mappo-seed{seed}", "train.progress=log", "train.checkpoint_every=100",
+        f"runners.num_envs_per_env_runner={ENVS_PER_RUNNER}",
+    ]
+    run_dir = train(load_config(None, overrides))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["env_steps"], r["episode_return_mean"]) for r in rows if r["episode_return_mean"] is not None]
+
+
+def run_stock_ppo(steps: int, seed: int) -> list[tuple[int, float]]:
+    from mpe2 import simple_spread_v3
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+    from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
+    from ray.tune.registry import register_env
+
+    from marl.train import init_ray
+
+    init_ray()
+    register_env("pz_simple_spread", lambda cfg: ParallelPettingZooEnv(simple_spread_v3.parallel_env(**cfg)))
+    algo = (
+        PPOConfig()
+        .environment("pz_simple_spread", env_config=ENV_KWARGS)
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=ENVS_PER_RUNNER, rollout_fragment_length="auto")
+        .multi_agent(policies={"shared"}, policy_mapping_fn=lambda aid, *a, **k: "shared")
+        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64], fcnet_activation="tanh"))
+        .training(**PPO)
+        .reporting(metrics_num_episodes_for_smoothing=20)
+        .debugging(seed=seed, log_level="ERROR")
+        .build_algo()
+    )
+    curve, sampled = [], 0
+    while sampled < steps:
+        er = algo.train()["env_runners"]
+        sampled = int(er["num_env_steps_sampled_lifetime"])
+        ret = er.get("episode_return_mean")
+        if ret is not None:
+            curve.append((sampled, float(ret)))
+        print(f"stock_ppo seed {seed}: {sampled} steps, return {ret}", flush=True)
+    algo.stop()
+    return curve
+
+
+def child(method: str, seed: int, steps: int, out: Path) -> None:
+    warnings.filterwarnings("ignore")
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    t0 = time.time()
+    curve = run_mappo(steps, seed, out) if method == "mappo" else run_stock_ppo(steps, seed)
+    (out / f"{method}-seed{seed}.json").write_text(
+        json.dumps({"method": method, "seed": seed, "wall_s": time.time() - t0, "curve": curve})
+    )
+
+
+def plot(results: dict[str, list[dict]], path: Path, steps: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    grid = np.linspace(0, steps, 101)
+    for method, runs in results.items():
+        ys = []
+        for run in runs:
+            x, y = zip(*run["curve"], strict=True)
+            ys.append(np.interp(grid, x, y, left=np.nan))
+            ax.plot(x, y, alpha=0.25, lw=0.8, color="C0" if method == "mappo" else "C1")
+        ys = np.array(ys)
+        mean = np.nanmean(ys, 0)
+        ax.plot(grid, mean, lw=2, color="C0" if method == "mappo" else "C1",
+                label=f"{method} (mean of {len(runs)} seeds)")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("team return (sum over agents)")
+    ax.set_title("simple_spread_v3, N=3, 25 steps")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=1_000_000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", default=["mappo", "rllib_ppo"])
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-learning")
+    p.add_argument("--child", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.child:
+        child(args.child[0], int(args.child[1]), args.steps, args.out)
+        return
+
+    todo = [(m, s) for m in args.methods for s in args.seeds if not (args.out / f"{m}-seed{s}.json").exists()]
+    running: list[subprocess.Popen] = []
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            m, s = todo.pop(0)
+            log = open(args.out / f"{m}-seed{s}.log", "w")
+            cmd = [sys.executable, __file__, "--child", m, str(s), "--steps", str(args.steps), "--out", str(args.out)]
+            running.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        time.sleep(2)
+        running = [r for r in running if r.poll() is None]
+
+    results: dict[str, list[dict]] = {}
+    for m in args.methods:
+        for s in args.seeds:
+            f = args.out / f"{m}-seed{s}.json"
+            if f.exists():
+                results.setdefault(m, []).append(json.loads(f.read_text()))
+    (args.out / "curves.json").write_text(json.dumps(results))
+    plot(results, args.out / "learning_simple_spread.png", args.steps)
+    def final(curve):
+        tail = [y for _, y in curve[-FINAL_WINDOW:]]
+        return round(sum(tail) / len(tail), 2)
+
+    summary = {m: {f"seed{r['seed']}": final(r["curve"]) for r in runs} for m, runs in results.items()}
+    for m, per_seed in summary.items():
+        vals = list(per_seed.values())
+        per_seed["mean"] = round(sum(vals) / len(vals), 2)
+    print(json.dumps({"final_team_return": summary, "steps": args.steps}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Env steps per second on simple_spread (3 agents, 25 steps), side by side in one process:
+
+- ``raw``: the PettingZoo env alone, random actions;
+- ``rllib_ppo``: RLlib's stock PPO, one shared policy over ParallelPettingZooEnv;
+- ``mappo``: this project's MAPPO (JointPolicyModule + JointPPOLearner).
+
+Both learners use the same train batch, minibatch, epochs, env runners and vectorised envs,
+and are timed over whole ``Algorithm.train()`` calls (sampling + learning) after a warm-up
+iteration. The last stdout line is one JSON object.
+
+    python benchmarks/throughput.py [--iterations 10] [--envs 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+ENV_KWARGS = {"N": 3, "max_cycles": 25, "continuous_actions": False}
+
+
+def raw_env_steps_per_s(seconds: float) -> float:
+    from mpe2 import simple_spread_v3
+
+    env = simple_spread_v3.parallel_env(**ENV_KWARGS)
+    rng = np.random.default_rng(0)
+    env.reset(seed=0)
+    n_actions = {a: env.action_space(a).n for a in env.possible_agents}
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        if not env.agents:
+            env.reset()
+        env.step({a: int(rng.integers(n_actions[a])) for a in env.agents})
+        steps += 1
+    return steps / (time.perf_counter() - t0)
+
+
+def time_algo(algo, iterations: int) -> float:
+    algo.train()  # warm-up: first sampling, module and optimizer set-up
+    steps, elapsed = 0, 0.0
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        result = algo.train()
+        elapsed += time.perf_counter() - t0
+        steps += int(result["env_runners"]["num_env_steps_sampled"])
+    algo.stop()
+    return steps / elapsed
+
+
+def stock_ppo(args) -> float:
+    from mpe2 import simple_spread_v3
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+    from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
+    from ray.tune.registry import register_env
+
+    register_env("pz_simple_spread", lambda cfg: ParallelPettingZooEnv(simple_spread_v3.parallel_env(**cfg)))
+    config = (
+        PPOConfig()
+        .environment("pz_simple_spread", env_config=ENV_KWARGS)
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=args.envs, rollout_fragment_length="auto")
+        .multi_agent(policies={"shared"}, policy_mapping_fn=lambda aid, *a, **k: "shared")
+        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64], fcnet_activation="tanh"))
+        .training(
+            train_batch_size=args.batch, minibatch_size=args.minibatch, num_epochs=args.epochs, lr=5e-4
+        )
+        .debugging(seed=0, log_level="ERROR")
+    )
+    return time_algo(config.build_algo(), args.iterations)
+
+
+def project_mappo(args, graph_mode: str = "empty") -> float:
+    from marl.algorithms import build_algorithm_config
+    from marl.config import load_config
+
+    cfg = load_config(
+        None,
+        [
+            f"algo.train_batch_size={args.batch}",
+            f"algo.minibatch_size={args.minibatch}",
+            f"algo.num_epochs={args.epochs}",
+            f"runners.num_envs_per_env_runner={args.envs}",
+            "runners.num_env_runners=0",
+            f"model.graph.mode={graph_mode}",
+        ],
+    )
+    return time_algo(build_algorithm_config(cfg).build_algo(), args.iterations)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--envs", type=int, default=16, help="vectorised envs per env runner")
+    p.add_argument("--batch", type=int, default=2000)
+    p.add_argument("--minibatch", type=int, default=500)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--raw-seconds", type=float, default=10.0)
+    args = p.parse_args()
+
+    warnings.filterwarnings("ignore")
+    import ray
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    logging.getLogger("ray").setLevel(logging.ERROR)
+
+    out = {"raw": raw_env_steps_per_s(args.raw_seconds)}
+    out["rllib_ppo"] = stock_ppo(args)
+    out["mappo"] = project_mappo(args)
+    out = {k: round(v, 1) for k, v in out.items()}
+    out["mappo_vs_rllib_ppo"] = round(out["mappo"] / out["rllib_ppo"], 3)
+    out["mappo_vs_raw"] = round(out["mappo"] / out["raw"], 3)
+    out["settings"] = {k: getattr(args, k) for k in ("envs", "batch", "minibatch", "epochs", "iterations")}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""TeamEnv: PettingZoo ParallelEnv -> one RLlib agent per team."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from envs import TeamEnv
+
+TOY = {"import": "tests.toy_envs:masked_death_env", "kwargs": {}}
+SPREAD = {"import": "mpe2.simple_spread_v3", "kwargs": {"N": 3, "max_cycles": 25}}
+
+
+def test_agent_order_is_the_envs_possible_agents_order_every_time():
+    orders = {tuple(TeamEnv(SPREAD).specs["team_0"].agents) for _ in range(5)}
+    assert orders == {("agent_0", "agent_1", "agent_2")}
+
+
+def test_heterogeneous_spaces_are_padded_and_masked():
+    env = TeamEnv(TOY)
+    spec = env.specs["team_0"]
+    assert (spec.obs_dim, spec.n_actions, spec.agent_n_actions) == (4, 4, [2, 3, 4])
+    obs, _ = env.reset(seed=0)
+    o = obs["team_0"]
+    assert env.observation_spaces["team_0"].contains(o)
+    # Observations are zero-padded to the largest agent's size.
+    np.testing.assert_array_equal(o["obs"][0], [1, 1, 0, 0])
+    np.testing.assert_array_equal(o["obs"][1], [2, 2, 2, 0])
+    # agent_0 has 2 actions (padding masked), agent_1's info mask, agent_2's Dict-obs mask.
+    np.testing.assert_array_equal(o["action_mask"], [[1, 1, 0, 0], [1, 0, 1, 0], [0, 1, 1, 0]])
+
+
+def test_state_is_env_state_or_concatenated_observations():
+    env = TeamEnv(SPREAD)
+    obs, _ = env.reset(seed=3)
+    np.testing.assert_allclose(obs["team_0"]["state"], env.env.state().astype(np.float32))
+    toy = TeamEnv(TOY)  # no state(): concatenated padded observations
+    o = toy.reset(seed=0)[0]["team_0"]
+    np.testing.assert_array_equal(o["state"], o["obs"].reshape(-1))
+
+
+def test_dead_agent_keeps_its_slot_with_noop_only_and_gets_no_action():
+    env = TeamEnv(TOY)
+    env.reset(seed=0)
+    obs, rew, term, trunc, _ = env.step({"team_0": np.array([1, 2, 1])})
+    assert rew["team_0"] == 4.0  # team reward: sum over agents
+    obs, rew, term, trunc, _ = env.step({"team_0": np.array([1, 2, 1])})  # agent_2 dies now
+    o = obs["team_0"]
+    np.testing.assert_array_equal(o["alive"], [1, 1, 0])
+    np.testing.assert_array_equal(o["obs"][2], 0)
+    np.testing.assert_array_equal(o["action_mask"][2], [1, 0, 0, 0])
+    env.step({"team_0": np.array([1, 2, 0])})
+    assert "agent_2" not in env.env.last_actions  # dead agents' actions are not sent
+    assert rew["team_0"] == 4.0 and not term["__all__"]
+
+
+def test_episode_end_is_truncation_when_time_runs_out():
+    env = TeamEnv(SPREAD)
+    env.reset(seed=0)
+    for t in range(25):
+        _, _, term, trunc, _ = env.step({"team_0": np.zeros(3, int)})
+        assert trunc["__all__"] == (t == 24)
+        assert not term["__all__"]
+
+
+def test_bad_team_grouping_is_reported():
+    with pytest.raises(ValueError, match="matches no agent"):
+        TeamEnv({**SPREAD, "teams": {"red": ["adversary_"]}})
+
+
+def test_teams_split_agents_into_rllib_agents():
+    env = TeamEnv({**SPREAD, "teams": {"a": ["agent_0"], "b": ["agent_1", "agent_2"]}})
+    assert env.possible_agents == ["a", "b"]
+    assert env.specs["b"].n_agents == 2
+    obs, _ = env.reset(seed=0)
+    assert obs["a"]["obs"].shape == (1, 18) and obs["b"]["obs"].shape == (2, 18)

@@ -1,0 +1,94 @@
+"""Small PettingZoo ParallelEnvs that exercise the adapter's edge cases in tests.
+
+- ``MaskedDeathEnv``: three agents with different observation sizes (2, 3, 4) and action
+  counts (2, 3, 4); agent_1 publishes an action mask in its info, agent_2 uses PettingZoo's
+  Dict(observation, action_mask) convention; agent_2 dies after step 2. No ``state()``.
+- ``NanRewardEnv``: simple_spread whose rewards turn NaN after a number of steps in this
+  process, to test that a diverging run stops and keeps its last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from gymnasium import spaces
+from mpe2 import simple_spread_v3
+from pettingzoo import ParallelEnv
+
+
+class MaskedDeathEnv(ParallelEnv):
+    metadata = {"name": "masked_death_v0"}
+
+    def __init__(self, max_steps: int = 5, death_step: int = 2):
+        self.possible_agents = ["agent_0", "agent_1", "agent_2"]
+        self.max_steps, self.death_step = max_steps, death_step
+        self._obs_dims = {"agent_0": 2, "agent_1": 3, "agent_2": 4}
+        self._n_actions = {"agent_0": 2, "agent_1": 3, "agent_2": 4}
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019
+    def observation_space(self, agent):
+        box = spaces.Box(-10, 10, (self._obs_dims[agent],), np.float32)
+        if agent == "agent_2":
+            return spaces.Dict({"observation": box, "action_mask": spaces.MultiBinary(4)})
+        return box
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019
+    def action_space(self, agent):
+        return spaces.Discrete(self._n_actions[agent])
+
+    def _obs(self, agent):
+        value = np.full(self._obs_dims[agent], self.t + 1 + int(agent[-1]), np.float32)
+        if agent == "agent_2":
+            return {"observation": value, "action_mask": np.array([0, 1, 1, 0], np.int8)}
+        return value
+
+    def _infos(self):
+        return {a: ({"action_mask": np.array([1, 0, 1], np.int8)} if a == "agent_1" else {}) for a in self.agents}
+
+    def reset(self, seed=None, options=None):
+        self.agents = list(self.possible_agents)
+        self.t = 0
+        return {a: self._obs(a) for a in self.agents}, self._infos()
+
+    def step(self, actions):
+        self.t += 1
+        self.last_actions = dict(actions)
+        rewards = {a: float(actions.get(a, 0)) for a in self.agents}
+        terms = {a: (a == "agent_2" and self.t >= self.death_step) for a in self.agents}
+        truncs = {a: self.t >= self.max_steps for a in self.agents}
+        obs = {a: self._obs(a) for a in self.agents}
+        infos = self._infos()
+        self.agents = [a for a in self.agents if not (terms[a] or truncs[a])]
+        return obs, rewards, terms, truncs, infos
+
+
+def masked_death_env(**kwargs):
+    return MaskedDeathEnv(**kwargs)
+
+
+class NanRewardEnv:
+    """Wraps simple_spread; rewards are NaN once this process has taken ``nan_after`` steps."""
+
+    steps_taken = 0
+
+    def __init__(self, nan_after: int):
+        self.env = simple_spread_v3.parallel_env(N=3, max_cycles=25)
+        self.nan_after = nan_after
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+    def reset(self, seed=None, options=None):
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, actions):
+        obs, rew, term, trunc, info = self.env.step(actions)
+        NanRewardEnv.steps_taken += 1
+        if NanRewardEnv.steps_taken > self.nan_after:
+            rew = {a: float("nan") for a in rew}
+        return obs, rew, term, trunc, info
+
+
+def nan_reward_env(nan_after: int = 1000):
+    return NanRewardEnv(nan_after)

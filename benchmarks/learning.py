@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -159,7 +158,7 @@ def main() -> None:
         return round(sum(tail) / len(tail), 2)
 
     summary = {m: {f"seed{r['seed']}": final(r["curve"]) for r in runs} for m, runs in results.items()}
-    for m, per_seed in summary.items():
+    for per_seed in summary.values():
         vals = list(per_seed.values())
         per_seed["mean"] = round(sum(vals) / len(vals), 2)
     print(json.dumps({"final_team_return": summary, "steps": args.steps}))

@@ -225,7 +225,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     layers += _compose(Path(path) if path else DEFAULT_CONFIG)
     layers.append(_parse_overrides(overrides or []))
     try:
-        merged = OmegaConf.to_container(OmegaConf.merge(*[OmegaConf.create(x) for x in layers]))
+        merged = OmegaConf.create({})
+        for layer in layers:
+            env = layer.get("env")
+            previous = merged.env.get("import") if "env" in merged else None
+            if isinstance(env, dict) and previous is not None and env.get("import", previous) != previous:
+                # Another env: the kwargs of the previous one do not carry over.
+                merged.env.kwargs = {}
+            merged = OmegaConf.merge(merged, OmegaConf.create(layer))
+        merged = OmegaConf.to_container(merged)
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot merge config: {str(e).splitlines()[0]}") from None
     try:

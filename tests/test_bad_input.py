@@ -124,3 +124,12 @@ def test_every_command_has_help():
     for cmd in (["--help"], ["train", "--help"], ["resume", "--help"], ["evaluate", "--help"]):
         proc = subprocess.run([sys.executable, "run.py", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "usage:" in proc.stdout
+
+
+def test_naming_another_env_drops_the_previous_envs_kwargs():
+    from marl.config import load_config
+
+    cfg = load_config(None, ["env.import=tests.toy_envs:masked_death_env"])
+    assert cfg.env.kwargs == {}
+    cfg = load_config(None, ["env.kwargs.N=2"])  # same env: kwargs merge
+    assert cfg.env.kwargs == {"N": 2, "max_cycles": 25}

@@ -26,14 +26,14 @@ class MaskedDeathEnv(ParallelEnv):
         self._obs_dims = {"agent_0": 2, "agent_1": 3, "agent_2": 4}
         self._n_actions = {"agent_0": 2, "agent_1": 3, "agent_2": 4}
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019
+    @functools.cache  # noqa: B019
     def observation_space(self, agent):
         box = spaces.Box(-10, 10, (self._obs_dims[agent],), np.float32)
         if agent == "agent_2":
             return spaces.Dict({"observation": box, "action_mask": spaces.MultiBinary(4)})
         return box
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019
+    @functools.cache  # noqa: B019
     def action_space(self, agent):
         return spaces.Discrete(self._n_actions[agent])
 

@@ -6,6 +6,7 @@ mapped to a module of the same name (DESIGN.md, "Teams: one RLlib agent per team
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -76,10 +77,21 @@ def build_mappo(cfg: Config) -> AlgorithmConfig:
             num_epochs=a.num_epochs,
             use_kl_loss=False,
             kl_coeff=0.0,
+            learner_config_dict=learner_extras(cfg),
         )
         .debugging(seed=cfg.seed, log_level="ERROR")
         .reporting(metrics_num_episodes_for_smoothing=20)
     )
+
+
+def learner_extras(cfg: Config) -> dict[str, Any]:
+    """What the learner needs beyond PPO's settings: the budget and the density schedule."""
+    iterations = max(math.ceil(cfg.train.total_env_steps / cfg.algo.train_batch_size), 1)
+    density = cfg.model.graph.density.model_dump()
+    return {
+        "total_env_steps": cfg.train.total_env_steps,
+        "density": {"total_iterations": iterations, **density},
+    }
 
 
 def _schedule(value: Any) -> Any:

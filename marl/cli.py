@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", type=Path, help="also write the results to this JSON file")
     e.add_argument("--deterministic", action="store_true", help="take each agent's most likely action")
     e.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
+    e.add_argument(
+        "--decentralized", action="store_true",
+        help="force the empty graph: each agent acts on its own observation only",
+    )
     return p
 
 
@@ -77,7 +81,7 @@ def _cmd_evaluate(args) -> int:
         raise UserError(f"--json: directory '{args.json.parent}' does not exist")
     from marl.evaluate import evaluate
 
-    result = evaluate(args.checkpoint, args.episodes, args.deterministic, args.seed)
+    result = evaluate(args.checkpoint, args.episodes, args.deterministic, args.seed, args.decentralized)
     text = json.dumps(result, indent=2)
     if args.json is not None:
         tmp = args.json.with_name(args.json.name + ".tmp")

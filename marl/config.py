@@ -71,9 +71,23 @@ class EnvConfig(Strict):
         return path
 
 
+class DensityConfig(Strict):
+    """Density annealing of a learned graph (Chen & Zhang 2023, §4.3)."""
+
+    anneal: bool
+    n_d: PosInt
+    tau_start: Probability
+    alpha0: Annotated[float, Field(ge=0.0)]
+    alpha_target: Annotated[float, Field(ge=0.0)]
+    alpha_start: Probability
+
+
 class GraphConfig(Strict):
-    mode: Literal["empty", "full", "fixed"]
+    mode: Literal["empty", "full", "fixed", "learned"]
     edges: list[tuple[NonNegInt, NonNegInt]]
+    order: Literal["learned", "fixed"]
+    context_hidden: PosInt
+    density: DensityConfig
 
     @model_validator(mode="after")
     def _edges_form_a_dag(self) -> GraphConfig:

@@ -54,11 +54,18 @@ def _batch(obs: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def evaluate(
-    checkpoint: Path, episodes: int, deterministic: bool = False, seed: int = 12345
+    checkpoint: Path,
+    episodes: int,
+    deterministic: bool = False,
+    seed: int = 12345,
+    decentralized: bool = False,
 ) -> dict[str, Any]:
     ckpt = resolve_checkpoint(checkpoint)
     cfg = config_from_file(ckpt / "config.yaml")
     modules = load_team_modules(ckpt)
+    if decentralized:  # Bayesian-network teams executed with the empty graph
+        for module in modules.values():
+            module.decentralize()
     env = TeamEnv(cfg.to_dict()["env"])
     torch.manual_seed(seed)
     returns: dict[str, list[float]] = {t: [] for t in env.teams}
@@ -94,6 +101,7 @@ def evaluate(
         "checkpoint": str(ckpt),
         "episodes": episodes,
         "deterministic": deterministic,
+        "decentralized": decentralized,
         "episode_return_mean": float(np.mean(returns[first])),
         "episode_return_std": float(np.std(returns[first])),
         "episode_len_mean": float(np.mean(lengths)),

@@ -53,6 +53,9 @@ LEARNER_KEYS = {
     "total_loss": "total_loss",
     "default_optimizer_learning_rate": "lr",
     "curr_entropy_coeff": "entropy_coeff",
+    "dag_density": "dag_density",
+    "dag_tau": "dag_tau",
+    "dag_alpha": "dag_alpha",
 }
 
 
@@ -148,6 +151,7 @@ class Trainer:
         self.state = state or RunState()
         self.algo = None
         self.writer = None
+        self._tb_extra: dict[str, Any] = {}
 
     # .............................................................. construction
     def build(self, resume_from: Path | None = None) -> None:
@@ -197,6 +201,7 @@ class Trainer:
                 done = self.state.env_steps >= total
                 if done or self.state.iteration % every == 0:
                     last_ckpt = self.save_checkpoint()
+                    self._draw_graphs()
         self.writer.close()
         return self.run_dir
 
@@ -224,6 +229,7 @@ class Trainer:
                 if src in stats:
                     self._nonfinite |= not _finite(stats[src])
                     row[prefix + dst] = _num(stats[src])
+            self._tb_extra = {prefix + k: _num(v) for k, v in stats.items() if k.startswith("edge_freq/")}
         return row
 
     def _healthy(self, row: dict[str, Any]) -> bool:
@@ -237,10 +243,26 @@ class Trainer:
 
     def _log_tb(self, row: dict[str, Any]) -> None:
         step = row["iteration"]
-        for key, value in row.items():
+        for key, value in {**row, **self._tb_extra}.items():
             if key != "iteration" and isinstance(value, int | float):
                 self.writer.add_scalar(key, value, step)
         self.writer.flush()
+
+    def _draw_graphs(self) -> None:
+        """At each checkpoint, a PNG of each learned DAG's most frequent graph."""
+        from marl.graphs.draw import draw_dag
+
+        for module_id in self.algo.config.policies:
+            module = self.algo.get_module(module_id)
+            graph = getattr(module, "graph", None)
+            if graph is None or not hasattr(graph, "mode_graph"):
+                continue
+            share = float(graph.mode_share)
+            draw_dag(
+                graph.mode_graph.cpu().numpy(), graph.edge_freq.cpu().numpy(),
+                self.run_dir / "plots" / f"dag_{module_id}_iter_{self.state.iteration:06d}.png",
+                title=f"{module_id}, iteration {self.state.iteration}: most frequent DAG ({share:.0%} of steps)",
+            )
 
     # ............................................................. checkpoints
     def save_checkpoint(self) -> Path:

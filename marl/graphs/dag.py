@@ -60,15 +60,22 @@ def _full_edges(n: int) -> list[tuple[int, int]]:
     return [(j, i) for i in range(n) for j in range(i)]
 
 
+def _learned(n: int, obs_dim: int, cfg: dict) -> nn.Module:
+    from marl.graphs.learned import LearnedDAG
+
+    return LearnedDAG(n, obs_dim, cfg)
+
+
 GRAPH_SOURCES = {
-    "empty": lambda n, cfg: FixedGraph(n, []),
-    "full": lambda n, cfg: FixedGraph(n, _full_edges(n)),
-    "fixed": lambda n, cfg: FixedGraph(n, [tuple(e) for e in cfg.get("edges", [])]),
+    "empty": lambda n, d, cfg: FixedGraph(n, []),
+    "full": lambda n, d, cfg: FixedGraph(n, _full_edges(n)),
+    "fixed": lambda n, d, cfg: FixedGraph(n, [tuple(e) for e in cfg.get("edges", [])]),
+    "learned": _learned,
 }
 
 
-def make_graph(n: int, cfg: dict) -> nn.Module:
+def make_graph(n: int, obs_dim: int, cfg: dict) -> nn.Module:
     mode = cfg.get("mode", "empty")
     if mode not in GRAPH_SOURCES:
         raise ValueError(f"graph mode '{mode}' is not one of {sorted(GRAPH_SOURCES)}")
-    return GRAPH_SOURCES[mode](n, cfg)
+    return GRAPH_SOURCES[mode](n, obs_dim, cfg)

@@ -26,10 +26,13 @@ from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from torch import nn
 
-from marl.graphs import GraphSample, make_graph
+from marl.graphs import FixedGraph, GraphSample, make_graph
 from marl.modules.value_norm import ValueNorm
 
 MASKED_LOGIT = -1e9
+# Extra columns a learned graph stores with each step: the Gumbel noise it sampled with.
+DAG_NOISE = {"perm": "dag_noise_perm", "edge": "dag_noise_edge"}
+DAG_DENSITY = "dag_density"
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
@@ -61,7 +64,7 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
         hidden, layers, act = mc.get("hidden", 64), mc.get("layers", 2), mc.get("activation", "tanh")
         self.centralized = mc.get("critic", "centralized") == "centralized"
 
-        self.graph = make_graph(self.n, dict(mc.get("graph") or {}))
+        self.graph = make_graph(self.n, self.d, dict(mc.get("graph") or {}))
         self.actor = mlp(self.d + self.n + self.n * self.A, hidden, layers, self.A, act, 0.01)
         critic_in = self.state_dim if self.centralized else self.d + self.n
         self.critic = mlp(critic_in, hidden, layers, 1, act, 1.0)
@@ -135,15 +138,43 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
         return torch.log_softmax(logits, -1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
 
     # --------------------------------------------------------------------- RLlib API
+    @property
+    def learns_graph(self) -> bool:
+        return hasattr(self.graph, "sample_noise")
+
+    def decentralize(self) -> None:
+        """Force the empty graph: every agent acts on its own observation (MAPPO execution)."""
+        self.graph = FixedGraph(self.n, []).to(self.agent_ids.device)
+
     def _act(self, batch: dict[str, Any], deterministic: bool) -> dict[str, Any]:
         obs = batch[Columns.OBS]
-        graph = self.graph(obs["obs"])
+        out: dict[str, Any] = {}
+        if self.learns_graph:
+            b = obs["obs"].shape[0]
+            noise = self.graph.sample_noise(b, obs["obs"].device)
+            graph = self.graph(obs["obs"], noise)
+            for key, col in DAG_NOISE.items():
+                out[col] = noise[key].reshape(b, -1)
+        else:
+            graph = self.graph(obs["obs"])
         actions, logits = self.sample_joint(obs, graph, deterministic)
-        return {
-            Columns.ACTIONS: actions,
-            Columns.ACTION_LOGP: self.agent_logp(logits, actions).sum(-1),
-            Columns.ACTION_DIST_INPUTS: logits.reshape(logits.shape[0], -1),
-        }
+        out[Columns.ACTIONS] = actions
+        out[Columns.ACTION_LOGP] = self.agent_logp(logits, actions).sum(-1)
+        out[Columns.ACTION_DIST_INPUTS] = logits.reshape(logits.shape[0], -1)
+        return out
+
+    def train_graph(self, batch: dict[str, Any]) -> GraphSample:
+        """The graph each stored step was sampled with, rebuilt at the current parameters from
+        the stored Gumbel noise (so the first PPO epoch's ratio is exactly 1). Without stored
+        noise (e.g. a hand-made batch), fresh noise is drawn."""
+        obs = batch[Columns.OBS]["obs"]
+        if not self.learns_graph:
+            return self.graph(obs)
+        noise = None
+        if all(col in batch for col in DAG_NOISE.values()):
+            shapes = self.graph.noise_shapes()
+            noise = {k: batch[col].reshape(obs.shape[0], *shapes[k]) for k, col in DAG_NOISE.items()}
+        return self.graph(obs, noise)
 
     def _forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         return self._act(batch, deterministic=True)
@@ -153,12 +184,16 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         obs = batch[Columns.OBS]
-        graph = self.graph(obs["obs"])
+        graph = self.train_graph(batch)
         logits = self.conditional_logits(obs, batch[Columns.ACTIONS], graph)
-        return {
+        out = {
             Columns.ACTION_DIST_INPUTS: logits.reshape(logits.shape[0], -1),
             Columns.VF_PREDS: self.normalized_values(batch),
         }
+        if self.learns_graph:
+            out[DAG_DENSITY] = self.graph.density(graph.adjacency)
+            self.graph.record(graph.adjacency)
+        return out
 
     def normalized_values(self, batch: dict[str, Any]) -> torch.Tensor:
         """Critic output in normalised units: [B, 1] centralised or [B, n] per agent."""

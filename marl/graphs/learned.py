@@ -1,0 +1,144 @@
+"""Context-aware differentiable DAG sampling (Chen & Zhang, ICML 2023, §4.2, after
+Charpentier et al., "Differentiable DAG Sampling", ICLR 2022).
+
+    G = U ⊙ (Pᵀ M P)
+
+- M: strictly upper-triangular ones; position a may be a parent of position b > a.
+- P: a permutation (P[pos, agent] = 1), i.e. a topological order. Gumbel-Sinkhorn over a learned
+  score matrix (20 iterations, temperature 1) gives a soft permutation; the Hungarian algorithm
+  makes it hard; the straight-through estimator passes gradients to the scores. A fixed order
+  (P = I) is an option.
+- U: per ordered pair (j, i), a 2-class hard Gumbel-softmax (temperature 1, straight-through)
+  over logits from a context network of all agents' observations, so G changes with the
+  situation at every step.
+
+G is acyclic by construction. The Gumbel noise of every sample can be returned and fed back:
+the learner rebuilds the rollout's G from stored noise, so at unchanged parameters the first
+PPO epoch sees exactly the rollout's graph (ratio 1).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from marl.graphs.dag import GraphSample
+
+SINKHORN_ITERS = 20
+ENUMERATE_PERMUTATIONS_UP_TO = 6  # n! candidates: exact, batched assignment for small teams
+
+
+def gumbel_like(x: torch.Tensor) -> torch.Tensor:
+    u = torch.rand_like(x).clamp(1e-9, 1 - 1e-9)
+    return -torch.log(-torch.log(u))
+
+
+def sinkhorn(log_alpha: torch.Tensor, iters: int = SINKHORN_ITERS) -> torch.Tensor:
+    """Row/column normalisation in log space (Mena et al. 2018, eq. 3): [B, n, n] -> soft perm."""
+    for _ in range(iters):
+        log_alpha = log_alpha - torch.logsumexp(log_alpha, dim=-1, keepdim=True)
+        log_alpha = log_alpha - torch.logsumexp(log_alpha, dim=-2, keepdim=True)
+    return log_alpha.exp()
+
+
+class HardAssignment:
+    """Maximum-weight permutation of each [n, n] matrix in a batch (Hungarian algorithm)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        if n <= ENUMERATE_PERMUTATIONS_UP_TO:
+            perms = torch.tensor(list(itertools.permutations(range(n))), dtype=torch.long)
+            self.perm_onehot = F.one_hot(perms, n).float()  # [n!, n(pos), n(agent)]
+        else:
+            self.perm_onehot = None
+
+    def __call__(self, soft: torch.Tensor) -> torch.Tensor:
+        if self.perm_onehot is not None:
+            # Score every permutation at once; identical to the Hungarian optimum.
+            cand = self.perm_onehot.to(soft.device, soft.dtype)
+            best = torch.einsum("bpa,kpa->bk", soft, cand).argmax(-1)
+            return cand[best]
+        out = torch.zeros_like(soft)
+        for b, m in enumerate(soft.detach().cpu().numpy()):
+            rows, cols = linear_sum_assignment(m, maximize=True)
+            out[b, rows, cols] = 1.0
+        return out
+
+
+class LearnedDAG(nn.Module):
+    """cfg keys: ``order`` ('learned' | 'fixed'), ``context_hidden``, ``init_edge_bias``."""
+
+    def __init__(self, n: int, obs_dim: int, cfg: dict):
+        super().__init__()
+        self.n = n
+        self.is_empty = False
+        self.learn_order = cfg.get("order", "learned") == "learned"
+        hidden = int(cfg.get("context_hidden", 64))
+        self.context = nn.Sequential(
+            nn.Linear(n * obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, n * n * 2)
+        )
+        nn.init.zeros_(self.context[-1].weight)
+        with torch.no_grad():  # start with edges present and absent equally likely
+            self.context[-1].bias.zero_()
+        self.order_scores = nn.Parameter(torch.zeros(n, n))
+        self.assign = HardAssignment(n)
+        self.register_buffer("upper", torch.triu(torch.ones(n, n), diagonal=1), persistent=False)
+        # Running record of what the policy samples (for TensorBoard and drawings).
+        self.register_buffer("edge_freq", torch.zeros(n, n))
+        self.register_buffer("mode_graph", torch.zeros(n, n))
+        self.register_buffer("mode_share", torch.zeros(()))
+
+    @property
+    def max_edges(self) -> int:
+        return self.n * (self.n - 1) // 2
+
+    def noise_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"perm": (self.n, self.n), "edge": (self.n, self.n, 2)}
+
+    def sample_noise(self, b: int, device) -> dict[str, torch.Tensor]:
+        z = torch.zeros(b, self.n, self.n, 2, device=device)
+        return {"perm": gumbel_like(z[..., 0]), "edge": gumbel_like(z)}
+
+    def forward(self, obs: torch.Tensor, noise: dict[str, torch.Tensor] | None = None) -> GraphSample:
+        b = obs.shape[0]
+        if noise is None:
+            noise = self.sample_noise(b, obs.device)
+        # P: hard permutation with a straight-through gradient (Charpentier et al. 2022, §3).
+        if self.learn_order:
+            soft = sinkhorn(self.order_scores.expand(b, -1, -1) + noise["perm"])
+            hard = self.assign(soft)
+            perm = hard + (soft - soft.detach())  # exact 0/1 forward, soft gradient
+        else:
+            perm = torch.eye(self.n, device=obs.device).expand(b, -1, -1)
+        order_mask = perm.transpose(1, 2) @ self.upper @ perm  # Pᵀ M P: [B, n(j), n(i)]
+        # U: hard Gumbel-softmax per ordered pair, class 1 = edge (straight-through).
+        logits = self.context(obs.reshape(b, -1)).reshape(b, self.n, self.n, 2)
+        y = torch.softmax(logits + noise["edge"], dim=-1)
+        edge = F.one_hot(y.argmax(-1), 2).to(y.dtype) + (y - y.detach())
+        adjacency = edge[..., 1] * order_mask
+        order = perm.detach().argmax(-1)  # agent at each position
+        return GraphSample(adjacency, order, empty=False)
+
+    def density(self, adjacency: torch.Tensor) -> torch.Tensor:
+        """ρ per sample: fraction of the n(n-1)/2 possible edges present (differentiable)."""
+        return adjacency.sum((-1, -2)) / max(self.max_edges, 1)
+
+    @torch.no_grad()
+    def record(self, adjacency: torch.Tensor, momentum: float = 0.9) -> None:
+        """Track edge frequencies and the most frequent graph of a batch."""
+        hard = (adjacency.detach() > 0.5).float()
+        self.edge_freq.mul_(momentum).add_(hard.mean(0) * (1 - momentum))
+        flat = hard.reshape(hard.shape[0], -1)
+        graphs, counts = torch.unique(flat, dim=0, return_counts=True)
+        top = counts.argmax()
+        self.mode_graph.copy_(graphs[top].reshape(self.n, self.n))
+        self.mode_share.fill_(float(counts[top]) / flat.shape[0])
+
+
+def as_numpy_graph(adjacency: torch.Tensor) -> np.ndarray:
+    return (adjacency.detach().cpu().numpy() > 0.5).astype(np.int8)

@@ -9,7 +9,12 @@ import pytest
 
 from envs import TeamEnv
 from envs.aloha import Aloha, interference_edges
-from envs.coordination_game import CoordinationGame, coordination_reward, optimal_value, transition_matrix
+from envs.coordination_game import (
+    CoordinationGame,
+    coordination_reward,
+    optimal_value,
+    transition_matrix,
+)
 
 
 def brute_force_value(n: int, horizon: int = 25) -> float:

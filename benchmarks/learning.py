@@ -43,7 +43,7 @@ def run_mappo(steps: int, seed: int, out: Path) -> list[tuple[int, float]]:
         f"name=mappo-seed{seed}", "train.progress=log", "train.checkpoint_every=100",
         f"runners.num_envs_per_env_runner={ENVS_PER_RUNNER}",
     ]
-    run_dir = train(load_config(None, overrides))
+    run_dir = train(load_config(ROOT / "configs" / "mappo_simple_spread.yaml", overrides))
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [(r["env_steps"], r["episode_return_mean"]) for r in rows if r["episode_return_mean"] is not None]
 

@@ -2,7 +2,8 @@
 
 - ``raw``: the PettingZoo env alone, random actions;
 - ``rllib_ppo``: RLlib's stock PPO, one shared policy over ParallelPettingZooEnv;
-- ``mappo``: this project's MAPPO (JointPolicyModule + JointPPOLearner).
+- ``mappo``: this project's MAPPO (JointPolicyModule + JointPPOLearner, empty graph);
+- ``bn_mappo``: the same with the learned, context-aware DAG (agents sampled in DAG order).
 
 Both learners use the same train batch, minibatch, epochs, env runners and vectorised envs,
 and are timed over whole ``Algorithm.train()`` calls (sampling + learning) after a warm-up
@@ -84,7 +85,7 @@ def project_mappo(args, graph_mode: str = "empty") -> float:
     from marl.config import load_config
 
     cfg = load_config(
-        None,
+        Path(__file__).resolve().parent.parent / "configs" / "mappo_simple_spread.yaml",
         [
             f"algo.train_batch_size={args.batch}",
             f"algo.minibatch_size={args.minibatch}",
@@ -116,9 +117,11 @@ def main() -> None:
     out = {"raw": raw_env_steps_per_s(args.raw_seconds)}
     out["rllib_ppo"] = stock_ppo(args)
     out["mappo"] = project_mappo(args)
+    out["bn_mappo"] = project_mappo(args, "learned")
     out = {k: round(v, 1) for k, v in out.items()}
     out["mappo_vs_rllib_ppo"] = round(out["mappo"] / out["rllib_ppo"], 3)
     out["mappo_vs_raw"] = round(out["mappo"] / out["raw"], 3)
+    out["bn_mappo_vs_mappo"] = round(out["bn_mappo"] / out["mappo"], 3)
     out["settings"] = {k: getattr(args, k) for k in ("envs", "batch", "minibatch", "epochs", "iterations")}
     print(json.dumps(out))
 

@@ -6,8 +6,8 @@ Charpentier et al., "Differentiable DAG Sampling", ICLR 2022).
 - M: strictly upper-triangular ones; position a may be a parent of position b > a.
 - P: a permutation (P[pos, agent] = 1), i.e. a topological order. Gumbel-Sinkhorn over a learned
   score matrix (20 iterations, temperature 1) gives a soft permutation; the Hungarian algorithm
-  makes it hard; the straight-through estimator passes gradients to the scores. A fixed order
-  (P = I) is an option.
+  (maximum-weight matching of the perturbed scores) makes it hard; the straight-through
+  estimator passes gradients to the scores. A fixed order (P = I) is an option.
 - U: per ordered pair (j, i), a 2-class hard Gumbel-softmax (temperature 1, straight-through)
   over logits from a context network of all agents' observations, so G changes with the
   situation at every step.
@@ -47,7 +47,8 @@ def sinkhorn(log_alpha: torch.Tensor, iters: int = SINKHORN_ITERS) -> torch.Tens
 
 
 class HardAssignment:
-    """Maximum-weight permutation of each [n, n] matrix in a batch (Hungarian algorithm)."""
+    """Maximum-weight permutation of each [n, n] matrix in a batch (Hungarian algorithm:
+    scipy's linear_sum_assignment, or an exact search over all n! permutations for small n)."""
 
     def __init__(self, n: int):
         self.n = n
@@ -110,9 +111,17 @@ class LearnedDAG(nn.Module):
             noise = self.sample_noise(b, obs.device)
         # P: hard permutation with a straight-through gradient (Charpentier et al. 2022, §3).
         if self.learn_order:
-            soft = sinkhorn(self.order_scores.expand(b, -1, -1) + noise["perm"])
-            hard = self.assign(soft)
-            perm = hard + (soft - soft.detach())  # exact 0/1 forward, soft gradient
+            log_alpha = self.order_scores.expand(b, -1, -1) + noise["perm"]
+            # The hard permutation is the matching M(X) = argmax_P <P, X> of the perturbed
+            # scores (Mena et al. 2018, §2); Sinkhorn scales X by diagonals, so M(X) is also
+            # the most probable permutation under the soft one. Sinkhorn is only needed for
+            # the straight-through gradient, i.e. not on EnvRunners.
+            hard = self.assign(log_alpha)
+            if torch.is_grad_enabled():
+                soft = sinkhorn(log_alpha)
+                perm = hard + (soft - soft.detach())  # exact 0/1 forward, soft gradient
+            else:
+                perm = hard
         else:
             perm = torch.eye(self.n, device=obs.device).expand(b, -1, -1)
         order_mask = perm.transpose(1, 2) @ self.upper @ perm  # Pᵀ M P: [B, n(j), n(i)]

@@ -7,8 +7,8 @@ groups every team into a single RLlib agent whose
 - observation is a dict: ``obs`` [n, d] local observations, zero-padded to the largest agent's
   size; ``state`` [S] the global state (``env.state()`` where the env has it, else the
   concatenated padded observations); ``action_mask`` [n, A] (1 = allowed); ``alive`` [n];
-- action is the joint action [n] (discrete; agents with fewer actions than A have the extra
-  actions masked out);
+- action is the joint action: [n] for discrete actions (agents with fewer actions than A have
+  the extra actions masked out), or [n, k] for continuous ones (a Box with each agent's bounds);
 - reward is the team reward: the **sum** of its agents' rewards at that step.
 
 Agents are ordered as the env lists them in ``possible_agents`` (a list, so deterministic),
@@ -59,6 +59,7 @@ class TeamSpec:
     n_actions: int
     state_dim: int
     agent_n_actions: list[int] = field(default_factory=list)
+    continuous: bool = False  # Box actions [n, k]; the action mask is then [n, 1] of ones
 
     @property
     def n_agents(self) -> int:
@@ -91,18 +92,32 @@ class TeamEnv(MultiAgentEnv):
         self.env.reset(seed=config.get("seed"))
         self._has_state = self._probe_state()
         self.specs: dict[str, TeamSpec] = {}
+        self.action_spaces = {}
         for team, members in self.teams.items():
-            n_acts = [int(self.env.action_space(a).n) for a in members]
+            spaces = [self.env.action_space(a) for a in members]
             obs_dim = max(_flat_dim(self._obs_spaces[a][0]) for a in members)
             state_dim = self._state_dim(names)
-            self.specs[team] = TeamSpec(team, members, obs_dim, max(n_acts), state_dim, n_acts)
+            if all(isinstance(sp, gym.spaces.Discrete) for sp in spaces):
+                n_acts = [int(sp.n) for sp in spaces]
+                self.action_spaces[team] = gym.spaces.MultiDiscrete([max(n_acts)] * len(members))
+                spec = TeamSpec(team, members, obs_dim, max(n_acts), state_dim, n_acts)
+            elif all(isinstance(sp, gym.spaces.Box) and sp.shape == spaces[0].shape for sp in spaces):
+                # Continuous: one Box [n, k] with each agent's own bounds.
+                low = np.stack([sp.low.reshape(-1) for sp in spaces]).astype(np.float32)
+                high = np.stack([sp.high.reshape(-1) for sp in spaces]).astype(np.float32)
+                self.action_spaces[team] = gym.spaces.Box(low, high, dtype=np.float32)
+                spec = TeamSpec(team, members, obs_dim, 1, state_dim, [1] * len(members), continuous=True)
+            else:
+                kinds = sorted({type(sp).__name__ + str(getattr(sp, "shape", "")) for sp in spaces})
+                raise ValueError(
+                    f"team '{team}' mixes action spaces {kinds}; a team needs all Discrete, "
+                    "or all Box of one shape"
+                )
+            self.specs[team] = spec
 
         self.possible_agents = list(self.teams)
         self.agents = list(self.teams)
         self.observation_spaces = {t: self._team_obs_space(s) for t, s in self.specs.items()}
-        self.action_spaces = {
-            t: gym.spaces.MultiDiscrete([s.n_actions] * s.n_agents) for t, s in self.specs.items()
-        }
         self._all_agents = names
         self._dead: set[str] = set()
 
@@ -209,9 +224,11 @@ class TeamEnv(MultiAgentEnv):
         live = set(self.env.agents)
         actions = {}
         for team, joint in action_dict.items():
-            for i, agent in enumerate(self.specs[team].agents):
+            spec = self.specs[team]
+            joint = np.asarray(joint)
+            for i, agent in enumerate(spec.agents):
                 if agent in live:
-                    actions[agent] = int(joint[i])
+                    actions[agent] = joint[i].astype(np.float32) if spec.continuous else int(joint[i])
         obs, rewards, terms, truncs, infos = self.env.step(actions)
         infos = infos or {}
         self._dead |= {a for a, t in terms.items() if t and not truncs.get(a, False)}

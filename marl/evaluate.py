@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModule
+from ray.rllib.utils.spaces.space_utils import unsquash_action
 
 from envs.adapter import TeamEnv
 from marl.config import config_from_file
@@ -79,7 +80,9 @@ def evaluate(
             with torch.no_grad():
                 for team, team_obs in obs.items():
                     fwd = modules[team].forward_inference if deterministic else modules[team].forward_exploration
-                    actions[team] = fwd(_batch(team_obs))[Columns.ACTIONS][0].numpy()
+                    action = fwd(_batch(team_obs))[Columns.ACTIONS][0].numpy()
+                    # As RLlib's EnvRunners do: continuous actions in [-1, 1] onto the bounds.
+                    actions[team] = unsquash_action(action, env.action_spaces[team])
             obs, rew, term, trunc, infos = env.step(actions)
             length += 1
             for team, r in rew.items():

@@ -74,3 +74,13 @@ def test_teams_split_agents_into_rllib_agents():
     assert env.specs["b"].n_agents == 2
     obs, _ = env.reset(seed=0)
     assert obs["a"]["obs"].shape == (1, 18) and obs["b"]["obs"].shape == (2, 18)
+
+
+def test_continuous_actions_become_one_box_per_team():
+    env = TeamEnv({**SPREAD, "kwargs": {"N": 3, "max_cycles": 25, "continuous_actions": True}})
+    space = env.action_spaces["team_0"]
+    assert space.shape == (3, 5) and float(space.low.min()) == 0.0 and float(space.high.max()) == 1.0
+    obs, _ = env.reset(seed=0)
+    assert obs["team_0"]["action_mask"].shape == (3, 1)
+    _, rew, *_ = env.step({"team_0": np.full((3, 5), 0.5, np.float32)})
+    assert np.isfinite(rew["team_0"])

@@ -193,3 +193,15 @@ def test_ippo_is_a_config_switch(tmp_path):
     run_dir = Path(proc.stdout.strip().splitlines()[-1])
     assert read_metrics(run_dir)[-1]["iteration"] == 2
     assert "decentralized" in (run_dir / "config.yaml").read_text()
+
+
+def test_continuous_actions_train_with_a_learned_graph(tmp_path):
+    proc = run_cli(
+        "train", *TINY, "env.kwargs.continuous_actions=true", "train.total_env_steps=800", f"output_dir={tmp_path}"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    rows = read_metrics(run_dir)
+    assert len(rows) == 2 and all(np.isfinite(r["policy_loss"]) for r in rows)
+    ev = run_cli("evaluate", str(run_dir), "--episodes", "2", "--decentralized")
+    assert ev.returncode == 0, ev.stderr[-2000:]

@@ -126,3 +126,50 @@ def test_dag_order_samples_parents_first():
     actions, logits = m.sample_joint(obs, m.graph(obs["obs"]))
     recomputed = m.conditional_logits(obs, actions, m.graph(obs["obs"]))
     assert torch.allclose(recomputed, logits, atol=1e-5)
+
+
+def make_continuous_module(graph, k=2, seed=0):
+    torch.manual_seed(seed)
+    obs_space = gym.spaces.Dict(
+        {
+            "obs": gym.spaces.Box(-np.inf, np.inf, (N, D), np.float32),
+            "state": gym.spaces.Box(-np.inf, np.inf, (S,), np.float32),
+            "action_mask": gym.spaces.Box(0, 1, (N, 1), np.float32),
+            "alive": gym.spaces.Box(0, 1, (N,), np.float32),
+        }
+    )
+    return JointPolicyModule(
+        observation_space=obs_space,
+        action_space=gym.spaces.Box(-1.0, 1.0, (N, k), np.float32),
+        model_config={"hidden": 16, "layers": 2, "graph": graph},
+    )
+
+
+@pytest.mark.parametrize("mode", ["empty", "full", "learned"])
+def test_continuous_actions_gaussian_logp_and_shapes(mode):
+    m = make_continuous_module({"mode": mode})
+    obs = make_obs(b=8)
+    obs["action_mask"] = torch.ones(8, N, 1)
+    with torch.no_grad():
+        out = m.forward_exploration({Columns.OBS: obs})
+    assert out[Columns.ACTIONS].shape == (8, N, 2) and out[Columns.ACTIONS].dtype == torch.float32
+    params = out[Columns.ACTION_DIST_INPUTS].reshape(8, N, 4)
+    normal = torch.distributions.Normal(params[..., :2], params[..., 2:].exp())
+    per_agent = normal.log_prob(out[Columns.ACTIONS]).sum(-1)
+    assert torch.allclose(out[Columns.ACTION_LOGP], per_agent.sum(-1), atol=1e-4)
+    batch = {Columns.OBS: obs, Columns.ACTIONS: out[Columns.ACTIONS], **{k: v for k, v in out.items() if k.startswith("dag_")}}
+    train = m.forward_train(batch)
+    assert torch.allclose(train[Columns.ACTION_DIST_INPUTS], out[Columns.ACTION_DIST_INPUTS], atol=1e-5)
+
+
+def test_continuous_parents_pass_raw_actions():
+    m = make_continuous_module({"mode": "fixed", "edges": [[0, 1]]})
+    obs = make_obs(b=1)
+    graph = m.graph(obs["obs"])
+    a = torch.zeros(1, N, 2)
+    base = m.conditional_logits(obs, a, graph)
+    a_scaled = a.clone()
+    a_scaled[0, 0] = torch.tensor([0.3, -0.7])
+    changed = m.conditional_logits(obs, a_scaled, graph)
+    assert not torch.allclose(base[0, 1], changed[0, 1])  # child of 0 sees the raw vector
+    assert torch.allclose(base[0, 2], changed[0, 2])  # agent 2 has no parent

@@ -88,14 +88,13 @@ def joint_ppo_loss(
     """The team's PPO loss; ``density`` = (τ, α) adds the graph term. Returns (loss, stats)."""
     n, A = module.n, module.A
     obs = batch[Columns.OBS]
-    actions = batch[Columns.ACTIONS].long()
+    actions = batch[Columns.ACTIONS]
     b = actions.shape[0]
 
-    logits = fwd_out[Columns.ACTION_DIST_INPUTS].reshape(b, n, A)
-    old_logits = batch[Columns.ACTION_DIST_INPUTS].reshape(b, n, A)
-    logp_all = torch.log_softmax(logits, -1)
-    logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # [B, n]: log π_i(a_i | o_i, a_Pa(i))
-    old_logp = module.agent_logp(old_logits, actions)
+    params = fwd_out[Columns.ACTION_DIST_INPUTS].reshape(b, n, A)
+    old_params = batch[Columns.ACTION_DIST_INPUTS].reshape(b, n, A)
+    logp = module.head.logp(params, actions)  # [B, n]: log π_i(a_i | o_i, a_Pa(i))
+    old_logp = module.head.logp(old_params, actions)
     ratio = torch.exp(logp - old_logp)
 
     step_mask = batch.get(Columns.LOSS_MASK)
@@ -107,7 +106,7 @@ def joint_ppo_loss(
     adv = batch[Postprocessing.ADVANTAGES].reshape(b, -1).expand(b, n)
     surrogate = torch.min(ratio * adv, torch.clamp(ratio, 1 - clip_param, 1 + clip_param) * adv)
     policy_loss = -(surrogate * agent_mask).sum() / n_valid
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    entropy = module.head.entropy(params)
     mean_entropy = (entropy * agent_mask).sum() / n_valid
 
     # Value loss on normalised targets (Yu et al. 2022: value normalisation + Huber loss).

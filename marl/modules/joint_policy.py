@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import gymnasium as gym
 import torch
-import torch.nn.functional as F
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
@@ -27,9 +27,9 @@ from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from torch import nn
 
 from marl.graphs import FixedGraph, GraphSample, make_graph
+from marl.modules.action_heads import CategoricalHead, GaussianHead
 from marl.modules.value_norm import ValueNorm
 
-MASKED_LOGIT = -1e9
 # Extra columns a learned graph stores with each step: the Gumbel noise it sampled with.
 DAG_NOISE = {"perm": "dag_noise_perm", "edge": "dag_noise_edge"}
 DAG_DENSITY = "dag_density"
@@ -59,13 +59,18 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
         mc = self.model_config
         obs_space = self.observation_space
         self.n, self.d = obs_space["obs"].shape
-        self.A = int(self.action_space.nvec[0])
         self.state_dim = obs_space["state"].shape[0]
+        if isinstance(self.action_space, gym.spaces.MultiDiscrete):
+            self.head = CategoricalHead(int(self.action_space.nvec.max()))
+        else:  # Box [n, k]
+            self.head = GaussianHead(int(self.action_space.shape[-1]))
+        self.A = self.head.param_dim  # distribution inputs per agent
         hidden, layers, act = mc.get("hidden", 64), mc.get("layers", 2), mc.get("activation", "tanh")
         self.centralized = mc.get("critic", "centralized") == "centralized"
 
         self.graph = make_graph(self.n, self.d, dict(mc.get("graph") or {}))
-        self.actor = mlp(self.d + self.n + self.n * self.A, hidden, layers, self.A, act, 0.01)
+        actor_in = self.d + self.n + self.n * self.head.code_dim
+        self.actor = mlp(actor_in, hidden, layers, self.head.out_dim, act, 0.01)
         critic_in = self.state_dim if self.centralized else self.d + self.n
         self.critic = mlp(critic_in, hidden, layers, 1, act, 1.0)
         self.value_norm = ValueNorm(1 if self.centralized else self.n)
@@ -77,65 +82,56 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
         """[B, n, d] -> [B, n, d + n]: observation plus one-hot agent id."""
         return torch.cat([obs, self.agent_ids.expand(obs.shape[0], -1, -1)], dim=-1)
 
-    @staticmethod
-    def _mask_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return logits.masked_fill(mask < 0.5, MASKED_LOGIT)
-
     def conditional_logits(
         self, obs: dict, actions: torch.Tensor, graph: GraphSample
     ) -> torch.Tensor:
-        """Teacher-forced logits of π_i(· | o_i, a_Pa(i)) for every agent at once: [B, n, A].
+        """Teacher-forced distribution inputs of π_i(· | o_i, a_Pa(i)) for every agent at once:
+        [B, n, A] (A = logits per agent, or [mean, log_std] for continuous actions).
 
-        ``actions`` [B, n] are the team's actions; only parents' entries reach agent i.
+        ``actions`` ([B, n] or [B, n, k]) are the team's actions; only parents' reach agent i.
         """
         base = self._actor_base(obs["obs"])
         b = base.shape[0]
         if graph.empty:
-            parents = base.new_zeros(b, self.n, self.n * self.A)
+            parents = base.new_zeros(b, self.n, self.n * self.head.code_dim)
         else:
-            onehot = F.one_hot(actions.long(), self.A).to(base.dtype)  # [B, n(j), A]
-            # parents[b, i, j, :] = G[b, j, i] * onehot[b, j, :]
-            parents = graph.adjacency.transpose(1, 2).unsqueeze(-1) * onehot.unsqueeze(1)
-            parents = parents.reshape(b, self.n, self.n * self.A)
-        logits = self.actor(torch.cat([base, parents], dim=-1))
-        return self._mask_logits(logits, obs["action_mask"])
+            code = self.head.encode(actions, base.dtype)  # [B, n(j), c]
+            # parents[b, i, j, :] = G[b, j, i] * code[b, j, :]
+            parents = graph.adjacency.transpose(1, 2).unsqueeze(-1) * code.unsqueeze(1)
+            parents = parents.reshape(b, self.n, self.n * self.head.code_dim)
+        out = self.actor(torch.cat([base, parents], dim=-1))
+        return self.head.dist_inputs(out, obs["action_mask"])
 
     def sample_joint(
         self, obs: dict, graph: GraphSample, deterministic: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample the joint action in DAG order. Returns (actions [B, n], logits [B, n, A])."""
+        """Sample the joint action in DAG order. Returns (actions, dist inputs [B, n, A])."""
         if graph.empty:
-            logits = self.conditional_logits(obs, torch.zeros_like(obs["alive"]), graph)
-            return self._pick(logits, deterministic), logits
+            dummy = self.head.empty_actions(obs["alive"].shape, obs["alive"].device)
+            params = self.conditional_logits(obs, dummy, graph)
+            return self.head.sample(params, deterministic), params
 
         base = self._actor_base(obs["obs"])
         b = base.shape[0]
         rows = torch.arange(b, device=base.device)
-        actions = torch.zeros(b, self.n, dtype=torch.long, device=base.device)
-        onehot = base.new_zeros(b, self.n, self.A)
-        logits = base.new_zeros(b, self.n, self.A)
+        actions = self.head.empty_actions((b, self.n), base.device)
+        code = base.new_zeros(b, self.n, self.head.code_dim)
+        params = base.new_zeros(b, self.n, self.A)
         for pos in range(self.n):
             i = graph.order[:, pos]  # [B]: the agent each env samples now
             col = graph.adjacency[rows, :, i]  # [B, n]: parents of agent i
-            parents = (col.unsqueeze(-1) * onehot).reshape(b, self.n * self.A)
-            lg = self.actor(torch.cat([base[rows, i], parents], dim=-1))
-            lg = self._mask_logits(lg, obs["action_mask"][rows, i])
-            a = self._pick(lg, deterministic)
+            parents = (col.unsqueeze(-1) * code).reshape(b, self.n * self.head.code_dim)
+            out = self.actor(torch.cat([base[rows, i], parents], dim=-1))
+            p = self.head.dist_inputs(out, obs["action_mask"][rows, i])
+            a = self.head.sample(p, deterministic)
             actions[rows, i] = a
-            onehot[rows, i] = F.one_hot(a, self.A).to(base.dtype)
-            logits[rows, i] = lg
-        return actions, logits
+            code[rows, i] = self.head.encode(a, base.dtype)
+            params[rows, i] = p
+        return actions, params
 
-    @staticmethod
-    def _pick(logits: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        if deterministic:
-            return logits.argmax(-1)
-        return torch.distributions.Categorical(logits=logits).sample()
-
-    @staticmethod
-    def agent_logp(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def agent_logp(self, params: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Per-agent conditional log-probs [B, n]."""
-        return torch.log_softmax(logits, -1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        return self.head.logp(params, actions)
 
     # --------------------------------------------------------------------- RLlib API
     @property
@@ -209,6 +205,10 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
         return v.squeeze(-1) if self.centralized else v
 
     def _dist_cls(self):
+        # RLlib's view of the joint action for discrete teams; EnvRunners never need it since
+        # the module returns actions and log-probs itself.
+        if not self.head.discrete:
+            raise NotImplementedError("continuous teams return actions and log-probs directly")
         return TorchMultiCategorical.get_partial_dist_cls(input_lens=[self.A] * self.n)
 
     def get_inference_action_dist_cls(self):

@@ -37,7 +37,17 @@ def resolve_env_factory(import_path: str) -> Callable[..., Any]:
     Raises ``ImportError`` or ``AttributeError`` with a readable message.
     """
     module_name, _, attr = import_path.partition(":")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        # `pkg.name` where `name` is an attribute of pkg (gymnasium_robotics.mamujoco_v1).
+        parent, _, name = module_name.rpartition(".")
+        if not parent:
+            raise
+        try:
+            module = getattr(importlib.import_module(parent), name)
+        except (ModuleNotFoundError, AttributeError):
+            raise ModuleNotFoundError(f"No module named '{module_name}'") from None
     attr = attr or "parallel_env"
     factory = getattr(module, attr, None)
     if not callable(factory):

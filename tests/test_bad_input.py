@@ -29,7 +29,7 @@ def run_main(capsys, argv):
         (["algo.num_epochs=1.5"], ["algo.num_epochs", "integer"]),
         (["algo.gamma=1.5"], ["algo.gamma", "less than or equal to 1"]),
         (["runners.num_envs_per_env_runner=0"], ["runners.num_envs_per_env_runner", "greater than or equal to 1"]),
-        (["model.graph.mode=learnd"], ["model.graph.mode", "'empty', 'full' or 'fixed'"]),
+        (["model.graph.mode=learnd"], ["model.graph.mode", "'empty', 'full', 'fixed' or 'learned'"]),
         (["env.import=mpe2.simple_spreed_v3"], ["env.import", "cannot import 'mpe2.simple_spreed_v3'"]),
         (["env.import=mpe2:nothing_here"], ["env.import", "no callable 'nothing_here'"]),
         (["env.kwargs.M=4"], ["env.kwargs", "unexpected keyword argument 'M'"]),

@@ -83,6 +83,9 @@ def run_stock_ppo(steps: int, seed: int) -> list[tuple[int, float]]:
 
 
 def child(method: str, seed: int, steps: int, out: Path) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # small MLPs: threads only contend (the trainer does the same)
     warnings.filterwarnings("ignore")
     logging.getLogger("ray").setLevel(logging.ERROR)
     t0 = time.time()

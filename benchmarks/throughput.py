@@ -110,6 +110,9 @@ def main() -> None:
 
     warnings.filterwarnings("ignore")
     import ray
+    import torch
+
+    torch.set_num_threads(1)  # as the trainer does (runners.torch_threads)
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     logging.getLogger("ray").setLevel(logging.ERROR)

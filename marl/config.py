@@ -138,6 +138,7 @@ class RunnersConfig(Strict):
     num_env_runners: NonNegInt
     num_envs_per_env_runner: PosInt
     num_gpus_per_learner: Annotated[float, Field(ge=0.0)]
+    torch_threads: PosInt
 
 
 class TrainConfig(Strict):

@@ -157,6 +157,7 @@ class Trainer:
     def build(self, resume_from: Path | None = None) -> None:
         from marl.algorithms import build_algorithm_config
 
+        torch.set_num_threads(self.cfg.runners.torch_threads)
         init_ray()
         algo_cfg = build_algorithm_config(self.cfg)
         if resume_from is not None:

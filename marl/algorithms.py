@@ -7,6 +7,7 @@ mapped to a module of the same name (DESIGN.md, "Teams: one RLlib agent per team
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -16,9 +17,10 @@ from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from envs.adapter import TeamEnv
-from marl.config import Config
+from marl.config import Config, TeamRole, frozen_module_dir
 from marl.learners import JointPPOLearner
 from marl.modules import JointPolicyModule
+from marl.modules.scripted import ScriptedTeamModule
 
 
 def _team_of(agent_id, episode=None, **kwargs):
@@ -32,14 +34,29 @@ def team_names(cfg: Config) -> list[str]:
     return names
 
 
+def team_spec(cfg: Config, team: str) -> RLModuleSpec:
+    """A trained team gets the config's model; a frozen one its checkpoint's module (weights
+    loaded by RLlib at build); a scripted one a parameter-free rule."""
+    role = cfg.teams.get(team, TeamRole())
+    if role.role == "frozen":
+        module_dir = frozen_module_dir(team, role)
+        ctor = pickle.loads((module_dir / "class_and_ctor_args.pkl").read_bytes())
+        model_config = ctor["ctor_args_and_kwargs"][1]["model_config"]
+        return RLModuleSpec(
+            module_class=JointPolicyModule, model_config=model_config,
+            load_state_path=str(module_dir.resolve()),
+        )
+    if role.role == "scripted":
+        return RLModuleSpec(module_class=ScriptedTeamModule, model_config={"policy": role.policy})
+    return RLModuleSpec(module_class=JointPolicyModule, model_config=cfg.model.model_dump(mode="json"))
+
+
 def module_spec(cfg: Config) -> MultiRLModuleSpec:
-    model = cfg.model.model_dump(mode="json")
-    return MultiRLModuleSpec(
-        rl_module_specs={
-            team: RLModuleSpec(module_class=JointPolicyModule, model_config=dict(model))
-            for team in team_names(cfg)
-        }
-    )
+    return MultiRLModuleSpec(rl_module_specs={team: team_spec(cfg, team) for team in team_names(cfg)})
+
+
+def trained_teams(cfg: Config) -> list[str]:
+    return [t for t in team_names(cfg) if cfg.teams.get(t, TeamRole()).role == "train"]
 
 
 def build_mappo(cfg: Config) -> AlgorithmConfig:
@@ -61,7 +78,11 @@ def build_mappo(cfg: Config) -> AlgorithmConfig:
             num_gpus_per_learner=r.num_gpus_per_learner,
             learner_class=JointPPOLearner,
         )
-        .multi_agent(policies=set(team_names(cfg)), policy_mapping_fn=_team_of)
+        .multi_agent(
+            policies=set(team_names(cfg)),
+            policy_mapping_fn=_team_of,
+            policies_to_train=trained_teams(cfg),
+        )
         .rl_module(rl_module_spec=module_spec(cfg))
         .training(
             lr=_schedule(a.lr),

@@ -147,11 +147,31 @@ class TrainConfig(Strict):
     progress: Literal["auto", "bar", "log"]
 
 
+class TeamRole(Strict):
+    """How one team of a multi-team env is played: trained, frozen or scripted."""
+
+    role: Literal["train", "frozen", "scripted"] = "train"
+    checkpoint: str | None = None  # frozen: a checkpoint or run directory (its latest)
+    module: str | None = None  # frozen: the module in that checkpoint (default: its only one)
+    policy: str = "random"  # scripted: random | noop | module:callable
+
+    @model_validator(mode="after")
+    def _needs(self) -> TeamRole:
+        if self.role == "frozen" and not self.checkpoint:
+            raise ValueError("a frozen team needs 'checkpoint' (a checkpoint or run directory)")
+        if self.role == "scripted":
+            from marl.modules.scripted import resolve_script
+
+            resolve_script(self.policy)
+        return self
+
+
 class Config(Strict):
     name: str
     seed: NonNegInt
     output_dir: str
     env: EnvConfig
+    teams: dict[str, TeamRole]
     model: ModelConfig
     algo: AlgoConfig
     runners: RunnersConfig
@@ -270,6 +290,13 @@ def _check_against_env(config: Config) -> None:
     except ValueError as e:
         raise ConfigError(f"config key 'env.teams': {e}") from None
     sizes = [s.n_agents for s in env.specs.values()]
+    for team, role in config.teams.items():
+        if team not in env.specs:
+            raise ConfigError(f"config key 'teams.{team}': the env has no team '{team}' (teams: {', '.join(env.specs)})")
+        if role.role == "frozen":
+            _check_frozen_team(team, role, env)
+    if all(config.teams.get(t, TeamRole()).role != "train" for t in env.specs):
+        raise ConfigError("config key 'teams': every team is frozen or scripted; at least one must train")
     env.close()
     for j, i in config.model.graph.edges:
         if max(i, j) >= min(sizes):
@@ -285,3 +312,40 @@ def config_from_file(path: Path) -> Config:
     except ValidationError as e:
         raise ConfigError(f"{path}: {_format_error(e.errors()[0])}") from None
     return config
+
+
+def frozen_module_dir(team: str, role: TeamRole) -> Path:
+    """The module directory of a frozen team's checkpoint, or a ConfigError. The module is
+    ``role.module``, else the one named like the team, else the checkpoint's only one."""
+    from marl.train import latest_checkpoint
+
+    key = f"config key 'teams.{team}"
+    path = Path(role.checkpoint)
+    ckpt = path if (path / "learner_group").is_dir() else (latest_checkpoint(path) if path.is_dir() else None)
+    if ckpt is None:
+        raise ConfigError(f"{key}.checkpoint': '{path}' does not exist or holds no checkpoint")
+    root = ckpt / "learner_group" / "learner" / "rl_module"
+    modules = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    name = role.module or (team if team in modules else modules[0] if len(modules) == 1 else None)
+    if name is None or name not in modules:
+        raise ConfigError(f"{key}.module': checkpoint '{ckpt}' has modules {modules}; name one of them")
+    return root / name
+
+
+def _check_frozen_team(team: str, role: TeamRole, env) -> None:
+    """The frozen module must fit this env's team: same observation and action shapes."""
+    import pickle
+
+    module_dir = frozen_module_dir(team, role)
+    ctor = pickle.loads((module_dir / "class_and_ctor_args.pkl").read_bytes())
+    kwargs = ctor.get("ctor_args_and_kwargs", ((), {}))[1]
+    obs_space, act_space = kwargs.get("observation_space"), kwargs.get("action_space")
+    want_obs, want_act = env.observation_spaces[team], env.action_spaces[team]
+    if obs_space is not None and (
+        obs_space["obs"].shape != want_obs["obs"].shape or act_space.shape != want_act.shape
+    ):
+        raise ConfigError(
+            f"config key 'teams.{team}.checkpoint': module '{module_dir.name}' was trained for "
+            f"observations {obs_space['obs'].shape} and actions {act_space.shape}, but team '{team}' "
+            f"has {want_obs['obs'].shape} and {want_act.shape}"
+        )

@@ -99,14 +99,15 @@ def evaluate(
             wins.append(won)
     env.close()
 
-    first = next(iter(env.teams))
+    # As in training: the episode return sums every agent's reward (one team: the team return).
+    total = np.sum([returns[t] for t in env.teams], axis=0)
     out: dict[str, Any] = {
         "checkpoint": str(ckpt),
         "episodes": episodes,
         "deterministic": deterministic,
         "decentralized": decentralized,
-        "episode_return_mean": float(np.mean(returns[first])),
-        "episode_return_std": float(np.std(returns[first])),
+        "episode_return_mean": float(np.mean(total)),
+        "episode_return_std": float(np.std(total)),
         "episode_len_mean": float(np.mean(lengths)),
     }
     if len(env.teams) > 1:

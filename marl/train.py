@@ -220,6 +220,9 @@ class Trainer:
             "time_s": round(self.state.time_s, 3),
             "env_steps_per_s": round(sampled / dt, 1) if dt > 0 else None,
         }
+        if len(self.algo.config.policies) > 1:  # competitive: each team's own return
+            for team, ret in (er.get("module_episode_returns_mean") or {}).items():
+                row[f"{team}/episode_return_mean"] = _num(ret)
         learners = result.get("learners", {})
         self._nonfinite = False
         for module_id, stats in learners.items():

@@ -43,6 +43,13 @@ class JointPPOLearner(PPOTorchLearner):
                 TeamGAE(gamma=self.config.gamma, lambda_=self.config.lambda_)
             )
 
+    def configure_optimizers_for_module(self, module_id, config=None) -> None:
+        # Frozen and scripted teams are never updated: no optimizer (a scripted team has no
+        # parameters at all).
+        if not self.should_module_be_updated(module_id):
+            return
+        super().configure_optimizers_for_module(module_id=module_id, config=config)
+
     def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().before_gradient_based_update(timesteps=timesteps)
         if self.density_schedule is not None and self.total_env_steps:

@@ -241,8 +241,9 @@ class TeamEnv(MultiAgentEnv):
                     actions[agent] = joint[i].astype(np.float32) if spec.continuous else int(joint[i])
         obs, rewards, terms, truncs, infos = self.env.step(actions)
         infos = infos or {}
-        self._dead |= {a for a, t in terms.items() if t and not truncs.get(a, False)}
         done = len(self.env.agents) == 0
+        if not done:  # at the episode's end every agent terminates; deaths are the absent ones
+            self._dead |= {a for a, t in terms.items() if t and not truncs.get(a, False)}
         truncated = done and any(truncs.get(a, False) for a in truncs)
         terminated = done and not truncated
         team_obs, team_rew, team_info = {}, {}, {}

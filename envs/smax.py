@@ -133,6 +133,9 @@ class SmaxParallelEnv(ParallelEnv):
         packed, (rewards, dones, over, won, timeout) = self._jax.device_get((packed, out))
         agents = list(self.agents)
         out_obs, infos = self._unpack(packed)
+        for i, a in enumerate(self.possible_agents):  # no observation for the dead
+            if dones[i]:
+                out_obs.pop(a, None)
         index = {a: i for i, a in enumerate(self.possible_agents)}
         out_rew = {a: float(rewards[index[a]]) for a in agents}
         over, timeout = bool(over), bool(timeout)

@@ -232,6 +232,12 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return [f.alias or n for n, f in model.model_fields.items()]
 
 
+# Optional packages -> the pyproject extra that installs them.
+OPTIONAL_EXTRAS = {
+    "jaxmarl": "smax", "jax": "smax", "gymnasium_robotics": "mujoco", "mujoco": "mujoco",
+    "lbforaging": "lbf", "rware": "rware", "smacv2": "smacv2",
+}
+
 UNION_TAGS = {"float", "int", "str", "bool", "none"}
 
 
@@ -283,8 +289,16 @@ def _check_against_env(config: Config) -> None:
     """Build the env once: its kwargs and the graph's agent indices must fit it."""
     from envs.adapter import TeamEnv
 
+    from envs.errors import MissingDependency
+
     try:
         env = TeamEnv(config.to_dict()["env"])
+    except MissingDependency as e:
+        raise ConfigError(f"config key 'env.import': {config.env.import_} cannot run here: {e}") from None
+    except ModuleNotFoundError as e:
+        extra = OPTIONAL_EXTRAS.get((e.name or "").split(".")[0])
+        hint = f" (install it: pip install -e '.[{extra}]')" if extra else ""
+        raise ConfigError(f"config key 'env.import': {config.env.import_} needs the package '{e.name}'{hint}") from None
     except TypeError as e:
         raise ConfigError(f"config key 'env.kwargs': {config.env.import_} rejects them ({e})") from None
     except ValueError as e:

@@ -288,7 +288,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def _check_against_env(config: Config) -> None:
     """Build the env once: its kwargs and the graph's agent indices must fit it."""
     from envs.adapter import TeamEnv
-
     from envs.errors import MissingDependency
 
     try:

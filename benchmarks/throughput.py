@@ -9,7 +9,11 @@ Both learners use the same train batch, minibatch, epochs, env runners and vecto
 and are timed over whole ``Algorithm.train()`` calls (sampling + learning) after a warm-up
 iteration. The last stdout line is one JSON object.
 
-    python benchmarks/throughput.py [--iterations 10] [--envs 16]
+With ``--suite``, it also measures every environment of the README's table (key ``suite``):
+``raw`` is the PettingZoo env alone with random legal actions, ``mappo`` is training env
+steps/s of this project's MAPPO on it (same settings as above).
+
+    python benchmarks/throughput.py [--iterations 10] [--envs 16] [--suite]
 """
 
 from __future__ import annotations
@@ -30,18 +34,40 @@ import numpy as np  # noqa: E402
 ENV_KWARGS = {"N": 3, "max_cycles": 25, "continuous_actions": False}
 
 
-def raw_env_steps_per_s(seconds: float) -> float:
-    from mpe2 import simple_spread_v3
+# The README's environment table: name -> config file under configs/env.
+SUITE = {
+    "simple_spread": "simple_spread", "simple_tag": "simple_tag", "simple_adversary": "simple_adversary",
+    "simple_push": "simple_push", "coordination_game n=5": "coordination5", "aloha": "aloha",
+    "lbf 8x8 2p 2f": "lbf_8x8_2p_2f", "rware tiny 2ag": "rware_tiny_2ag",
+    "mamujoco HalfCheetah 6x1": "halfcheetah_6x1", "mamujoco Ant 2x4": "ant_2x4",
+    "smax 3m": "smax_3m", "smax smacv2_5_units": "smax_smacv2_5_units",
+}
 
-    env = simple_spread_v3.parallel_env(**ENV_KWARGS)
+
+def random_action(space, info, rng):
+    mask = info.get("action_mask") if isinstance(info, dict) else None
+    if mask is not None:
+        return int(rng.choice(np.nonzero(mask)[0]))
+    return space.sample()
+
+
+def raw_env_steps_per_s(seconds: float, import_path: str = "mpe2.simple_spread_v3", kwargs=None) -> float:
+    """The PettingZoo env alone, random (legal) actions."""
+    from envs.adapter import resolve_env_factory
+
+    env = resolve_env_factory(import_path)(**(kwargs if kwargs is not None else ENV_KWARGS))
     rng = np.random.default_rng(0)
-    env.reset(seed=0)
-    n_actions = {a: env.action_space(a).n for a in env.possible_agents}
+    _, infos = env.reset(seed=0)
+    for _ in range(20):  # warm-up: jitted envs compile on their first calls
+        if not env.agents:
+            _, infos = env.reset()
+        _, _, _, _, infos = env.step({a: random_action(env.action_space(a), infos.get(a, {}), rng) for a in env.agents})
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         if not env.agents:
-            env.reset()
-        env.step({a: int(rng.integers(n_actions[a])) for a in env.agents})
+            _, infos = env.reset()
+        actions = {a: random_action(env.action_space(a), infos.get(a, {}), rng) for a in env.agents}
+        _, _, _, _, infos = env.step(actions)
         steps += 1
     return steps / (time.perf_counter() - t0)
 
@@ -80,22 +106,36 @@ def stock_ppo(args) -> float:
     return time_algo(config.build_algo(), args.iterations)
 
 
-def project_mappo(args, graph_mode: str = "empty") -> float:
+def project_mappo(args, graph_mode: str = "empty", env_config: str | None = None, iterations=None) -> float:
     from marl.algorithms import build_algorithm_config
     from marl.config import load_config
 
-    cfg = load_config(
-        Path(__file__).resolve().parent.parent / "configs" / "mappo_simple_spread.yaml",
-        [
-            f"algo.train_batch_size={args.batch}",
-            f"algo.minibatch_size={args.minibatch}",
-            f"algo.num_epochs={args.epochs}",
-            f"runners.num_envs_per_env_runner={args.envs}",
-            "runners.num_env_runners=0",
-            f"model.graph.mode={graph_mode}",
-        ],
-    )
-    return time_algo(build_algorithm_config(cfg).build_algo(), args.iterations)
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    overrides = [
+        f"algo.train_batch_size={args.batch}",
+        f"algo.minibatch_size={args.minibatch}",
+        f"algo.num_epochs={args.epochs}",
+        f"runners.num_envs_per_env_runner={args.envs}",
+        "runners.num_env_runners=0",
+        f"model.graph.mode={graph_mode}",
+    ]
+    path = configs / "env" / f"{env_config}.yaml" if env_config else configs / "mappo_simple_spread.yaml"
+    cfg = load_config(path, overrides)
+    return time_algo(build_algorithm_config(cfg).build_algo(), iterations or args.iterations)
+
+
+def suite(args) -> dict:
+    from marl.config import load_config
+
+    configs = Path(__file__).resolve().parent.parent / "configs" / "env"
+    out = {}
+    for name, cfg_name in SUITE.items():
+        env = load_config(configs / f"{cfg_name}.yaml").env
+        raw = raw_env_steps_per_s(args.raw_seconds / 2, env.import_, env.kwargs)
+        train = project_mappo(args, env_config=cfg_name, iterations=3)
+        out[name] = {"raw": round(raw, 1), "mappo": round(train, 1)}
+        print(json.dumps({name: out[name]}), file=sys.stderr, flush=True)
+    return out
 
 
 def main() -> None:
@@ -106,6 +146,7 @@ def main() -> None:
     p.add_argument("--minibatch", type=int, default=500)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--raw-seconds", type=float, default=10.0)
+    p.add_argument("--suite", action="store_true", help="also measure every env of the README table")
     args = p.parse_args()
 
     warnings.filterwarnings("ignore")
@@ -126,6 +167,8 @@ def main() -> None:
     out["mappo_vs_raw"] = round(out["mappo"] / out["raw"], 3)
     out["bn_mappo_vs_mappo"] = round(out["bn_mappo"] / out["mappo"], 3)
     out["settings"] = {k: getattr(args, k) for k in ("envs", "batch", "minibatch", "epochs", "iterations")}
+    if args.suite:
+        out["suite"] = suite(args)
     print(json.dumps(out))
 
 

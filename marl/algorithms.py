@@ -17,6 +17,7 @@ from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from envs.adapter import TeamEnv
+from marl.callbacks import WinRateCallback
 from marl.config import Config, TeamRole, frozen_module_dir
 from marl.learners import JointPPOLearner
 from marl.modules import JointPolicyModule
@@ -100,6 +101,7 @@ def build_mappo(cfg: Config) -> AlgorithmConfig:
             kl_coeff=0.0,
             learner_config_dict=learner_extras(cfg),
         )
+        .callbacks(WinRateCallback)
         .debugging(seed=cfg.seed, log_level="ERROR")
         .reporting(metrics_num_episodes_for_smoothing=20)
     )

@@ -220,6 +220,8 @@ class Trainer:
             "time_s": round(self.state.time_s, 3),
             "env_steps_per_s": round(sampled / dt, 1) if dt > 0 else None,
         }
+        if "win_rate" in er:  # envs that report wins (SMAX, SMACv2)
+            row["win_rate"] = _num(er["win_rate"])
         if len(self.algo.config.policies) > 1:  # competitive: each team's own return
             for team, ret in (er.get("module_episode_returns_mean") or {}).items():
                 row[f"{team}/episode_return_mean"] = _num(ret)

@@ -68,6 +68,9 @@ def test_smax_trains_and_evaluates_win_rate(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["win_rate"] <= 1.0 for r in rows if r.get("win_rate") is not None)
+    assert any("win_rate" in r for r in rows)
     ev = subprocess.run([sys.executable, "run.py", "evaluate", str(run_dir), "--episodes", "3"],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ev.returncode == 0, ev.stderr[-2000:]

@@ -1,0 +1,24 @@
+"""RLlib callbacks of the project."""
+
+from __future__ import annotations
+
+from ray.rllib.callbacks.callbacks import RLlibCallback
+
+WIN_RATE = "win_rate"
+
+
+class WinRateCallback(RLlibCallback):
+    """Logs ``win_rate`` (mean over the smoothing window of episodes) where the env reports
+    wins: the team adapter puts ``won`` in a team's last info (SMAC's ``battle_won``)."""
+
+    def on_episode_end(self, *, episode, metrics_logger=None, **kwargs) -> None:
+        if metrics_logger is None:
+            return
+        try:
+            last = episode.get_infos(-1)
+        except (IndexError, KeyError, ValueError):
+            return
+        for info in (last or {}).values():
+            if isinstance(info, dict) and "won" in info:
+                metrics_logger.log_value(WIN_RATE, float(info["won"]), reduce="mean", window=100)
+                return

@@ -27,6 +27,10 @@ import numpy as np
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
 DEFAULT_TEAM = "team_0"
+
+
+class TeamGroupingError(ValueError):
+    """``env.teams`` does not split the env's agents into disjoint, covering teams."""
 WIN_INFO_KEYS = ("battle_won", "won")
 
 
@@ -134,14 +138,22 @@ class TeamEnv(MultiAgentEnv):
     # ----------------------------------------------------------------- construction helpers
     @staticmethod
     def _group(names: list[str], teams: dict[str, list[str]] | None) -> dict[str, list[str]]:
+        """Teams by agent name or name prefix; every agent in exactly one team."""
         if not teams:
             return {DEFAULT_TEAM: names}
         grouped: dict[str, list[str]] = {}
         for team, patterns in teams.items():
             members = [n for n in names if any(n == p or n.startswith(p) for p in patterns)]
             if not members:
-                raise ValueError(f"team '{team}' matches no agent of {names}")
+                raise TeamGroupingError(f"team '{team}' matches no agent of {names}")
             grouped[team] = members
+        counts = {n: sum(n in m for m in grouped.values()) for n in names}
+        if any(c > 1 for c in counts.values()) or any(c == 0 for c in counts.values()):
+            twice = [n for n, c in counts.items() if c > 1]
+            none = [n for n, c in counts.items() if c == 0]
+            raise TeamGroupingError(
+                f"every agent must be in exactly one team; in several: {twice}, in none: {none}"
+            )
         return grouped
 
     def _probe_state(self) -> bool:

@@ -4,7 +4,9 @@ ParallelEnvs, so the team adapter can take them.
 Such an env steps with a tuple of per-agent actions and returns a tuple of observations, a
 list of rewards and one terminated/truncated flag for everyone. Agents are named
 ``agent_0..agent_{n-1}``. Where the env knows each agent's legal moves (LBF's
-``_valid_actions``), they become ``info["action_mask"]``.
+``_valid_actions``), they become ``info["action_mask"]``. LBF and RWARE flag their time limit
+as ``terminated``; it is reported as a truncation (bootstrapped), an early LBF end (all food
+eaten) as a termination.
 
     env:
       import: envs.gym_team
@@ -57,7 +59,18 @@ class GymTeamEnv(ParallelEnv):
                 infos[agent]["action_mask"] = mask
         return infos
 
+    def _time_limit(self) -> int | None:
+        env = self.env.unwrapped
+        limit = getattr(env, "_max_episode_steps", None) or getattr(env, "max_steps", None)
+        return int(limit) if limit else None
+
+    def _solved(self) -> bool:
+        """LBF ends early when every food is eaten: that is a real termination."""
+        field = getattr(self.env.unwrapped, "field", None)
+        return field is not None and not np.asarray(field).any()
+
     def reset(self, seed=None, options=None):
+        self.t = 0
         obs, _ = self.env.reset(seed=seed, options=options)
         self.agents = list(self.possible_agents)
         return dict(zip(self.agents, obs, strict=True)), self._infos()
@@ -65,6 +78,10 @@ class GymTeamEnv(ParallelEnv):
     def step(self, actions):
         joint = tuple(int(actions.get(a, 0)) for a in self.possible_agents)
         obs, rewards, terminated, truncated, _ = self.env.step(joint)
+        self.t += 1
+        if terminated and self._time_limit() is not None and self.t >= self._time_limit() and not self._solved():
+            # LBF and RWARE report their time limit as `terminated`; it is a truncation.
+            terminated, truncated = False, True
         agents = list(self.agents)
         out_obs = dict(zip(agents, obs, strict=True))
         out_rew = {a: float(r) for a, r in zip(agents, rewards, strict=True)}

@@ -10,8 +10,8 @@ SMACv2's API, as used here: ``reset()``; ``get_obs()`` -> list of n arrays;
 ``get_state()`` -> array; ``get_avail_actions()`` -> list of n lists of 0/1;
 ``step(actions) -> (reward, terminated, info)`` with ``battle_won`` (and ``episode_limit`` on a
 time-out); ``get_env_info()`` -> dict with ``n_agents``, ``n_actions``, ``obs_shape``,
-``state_shape``, ``episode_limit``. The team reward is paid to the first agent only, so the
-team's summed reward equals SMACv2's reward. Dead agents are those whose only legal action is
+``state_shape``, ``episode_limit``. The team reward is paid once, to the first agent alive before
+the step, so the team's summed reward equals SMACv2's reward. Dead agents are those whose only legal action is
 no-op (action 0), as in SMAC.
 
     env:
@@ -103,7 +103,8 @@ class SMACv2ParallelEnv(ParallelEnv):
         obs, infos, alive = self._observe()
         timeout = bool(info.get("episode_limit", False))
         done = bool(terminated)
-        rewards = {a: (float(reward) if a == self.possible_agents[0] else 0.0) for a in agents}
+        # The team reward once, to the first agent alive before the step (the team sums).
+        rewards = {a: (float(reward) if a == agents[0] else 0.0) for a in agents}
         terms = {a: (done and not timeout) or not alive[self.possible_agents.index(a)] for a in agents}
         truncs = dict.fromkeys(agents, done and timeout)
         if done:

@@ -8,7 +8,8 @@ SMAC-like maps such as ``3m`` and ``2s3z``. Install extra: ``.[smax]``.
 - The env's functions are jitted once per process and shared by every copy, so the compile
   cost is paid once, not per step or per copy.
 - Per agent: SMAX's observation, its avail-actions as ``info["action_mask"]``, and death as
-  termination. ``state()`` is SMAX's world state. When the battle ends, every agent's info
+  termination. ``state()`` is SMAX's world state. The team reward (the same for every ally)
+  is paid once, so a team return is SMAX's return. When the battle ends, every agent's info
   carries ``battle_won`` (all enemies dead while an ally lives); a time-out is a truncation.
 """
 
@@ -137,7 +138,9 @@ class SmaxParallelEnv(ParallelEnv):
             if dones[i]:
                 out_obs.pop(a, None)
         index = {a: i for i, a in enumerate(self.possible_agents)}
-        out_rew = {a: float(rewards[index[a]]) for a in agents}
+        # SMAX gives every ally the same team reward: pay it once (to the first agent alive
+        # before the step), so the team's summed reward is SMAX's reward, as for SMACv2.
+        out_rew = {a: (float(rewards[index[a]]) if a == agents[0] else 0.0) for a in agents}
         over, timeout = bool(over), bool(timeout)
         truncs = dict.fromkeys(agents, over and timeout)
         terms = {a: bool(dones[index[a]]) or (over and not timeout) for a in agents}

@@ -18,7 +18,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from envs.adapter import TeamEnv
 from marl.callbacks import WinRateCallback
-from marl.config import Config, TeamRole, frozen_module_dir
+from marl.config import Config, TeamRole, build_env, frozen_module_dir
 from marl.learners import JointPPOLearner
 from marl.modules import JointPolicyModule
 from marl.modules.scripted import ScriptedTeamModule
@@ -29,7 +29,7 @@ def _team_of(agent_id, episode=None, **kwargs):
 
 
 def team_names(cfg: Config) -> list[str]:
-    env = TeamEnv(cfg.to_dict()["env"])
+    env = build_env(cfg)
     names = list(env.teams)
     env.close()
     return names

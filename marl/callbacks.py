@@ -8,7 +8,7 @@ WIN_RATE = "win_rate"
 
 
 class WinRateCallback(RLlibCallback):
-    """Logs ``win_rate`` (mean over the smoothing window of episodes) where the env reports
+    """Logs ``win_rate`` (mean over the last 100 episodes) where the env reports
     wins: the team adapter puts ``won`` in a team's last info (SMAC's ``battle_won``)."""
 
     def on_episode_end(self, *, episode, metrics_logger=None, **kwargs) -> None:

@@ -162,7 +162,10 @@ class TeamRole(Strict):
         if self.role == "scripted":
             from marl.modules.scripted import resolve_script
 
-            resolve_script(self.policy)
+            try:
+                resolve_script(self.policy)
+            except ImportError as e:
+                raise ValueError(f"policy '{self.policy}' cannot be imported ({e})") from None
         return self
 
 
@@ -285,23 +288,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config
 
 
-def _check_against_env(config: Config) -> None:
-    """Build the env once: its kwargs and the graph's agent indices must fit it."""
-    from envs.adapter import TeamEnv
+def build_env(config: Config):
+    """The config's TeamEnv, or a ConfigError naming the key at fault (train, resume and
+    evaluate all build it through here)."""
+    import gymnasium as gym
+
+    from envs.adapter import TeamEnv, TeamGroupingError
     from envs.errors import MissingDependency
 
+    name = config.env.import_
     try:
-        env = TeamEnv(config.to_dict()["env"])
+        return TeamEnv(config.to_dict()["env"])
     except MissingDependency as e:
-        raise ConfigError(f"config key 'env.import': {config.env.import_} cannot run here: {e}") from None
+        raise ConfigError(f"config key 'env.import': {name} cannot run here: {e}") from None
     except ModuleNotFoundError as e:
         extra = OPTIONAL_EXTRAS.get((e.name or "").split(".")[0])
         hint = f" (install it: pip install -e '.[{extra}]')" if extra else ""
-        raise ConfigError(f"config key 'env.import': {config.env.import_} needs the package '{e.name}'{hint}") from None
-    except TypeError as e:
-        raise ConfigError(f"config key 'env.kwargs': {config.env.import_} rejects them ({e})") from None
-    except ValueError as e:
+        raise ConfigError(f"config key 'env.import': {name} needs the package '{e.name}'{hint}") from None
+    except TeamGroupingError as e:
         raise ConfigError(f"config key 'env.teams': {e}") from None
+    except (TypeError, ValueError, KeyError, gym.error.Error) as e:
+        raise ConfigError(f"config key 'env.kwargs': {name} rejects them ({type(e).__name__}: {e})") from None
+
+
+def _check_against_env(config: Config) -> None:
+    """Build the env once: its kwargs, teams and the graph's agent indices must fit it."""
+    env = build_env(config)
     sizes = [s.n_agents for s in env.specs.values()]
     for team, role in config.teams.items():
         if team not in env.specs:
@@ -354,11 +366,12 @@ def _check_frozen_team(team: str, role: TeamRole, env) -> None:
     kwargs = ctor.get("ctor_args_and_kwargs", ((), {}))[1]
     obs_space, act_space = kwargs.get("observation_space"), kwargs.get("action_space")
     want_obs, want_act = env.observation_spaces[team], env.action_spaces[team]
-    if obs_space is not None and (
-        obs_space["obs"].shape != want_obs["obs"].shape or act_space.shape != want_act.shape
-    ):
+    def signature(obs, act):
+        return (obs["obs"].shape, obs["state"].shape, act.shape, tuple(getattr(act, "nvec", ())))
+
+    if obs_space is not None and signature(obs_space, act_space) != signature(want_obs, want_act):
         raise ConfigError(
             f"config key 'teams.{team}.checkpoint': module '{module_dir.name}' was trained for "
-            f"observations {obs_space['obs'].shape} and actions {act_space.shape}, but team '{team}' "
-            f"has {want_obs['obs'].shape} and {want_act.shape}"
+            f"(observations, state, actions, action counts) {signature(obs_space, act_space)}, but "
+            f"team '{team}' has {signature(want_obs, want_act)}"
         )

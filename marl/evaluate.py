@@ -16,8 +16,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.utils.spaces.space_utils import unsquash_action
 
-from envs.adapter import TeamEnv
-from marl.config import config_from_file
+from marl.config import build_env, config_from_file
 from marl.errors import UserError
 from marl.train import latest_checkpoint
 
@@ -64,10 +63,11 @@ def evaluate(
     ckpt = resolve_checkpoint(checkpoint)
     cfg = config_from_file(ckpt / "config.yaml")
     modules = load_team_modules(ckpt)
+    env = build_env(cfg)
     if decentralized:  # Bayesian-network teams executed with the empty graph
         for module in modules.values():
-            module.decentralize()
-    env = TeamEnv(cfg.to_dict()["env"])
+            if hasattr(module, "decentralize"):  # scripted teams have no graph
+                module.decentralize()
     torch.manual_seed(seed)
     returns: dict[str, list[float]] = {t: [] for t in env.teams}
     lengths, wins = [], []

@@ -177,6 +177,8 @@ class Trainer:
 
     # .................................................................. the loop
     def run(self) -> Path:
+        for stale in (self.run_dir / "checkpoints").glob(".tmp-*"):  # left by a killed save
+            shutil.rmtree(stale, ignore_errors=True)
         total = self.cfg.train.total_env_steps
         every = self.cfg.train.checkpoint_every
         last_ckpt = latest_checkpoint(self.run_dir)
@@ -227,6 +229,7 @@ class Trainer:
                 row[f"{team}/episode_return_mean"] = _num(ret)
         learners = result.get("learners", {})
         self._nonfinite = False
+        self._tb_extra = {}
         for module_id, stats in learners.items():
             if module_id.startswith("__") or not isinstance(stats, dict):
                 continue
@@ -235,7 +238,7 @@ class Trainer:
                 if src in stats:
                     self._nonfinite |= not _finite(stats[src])
                     row[prefix + dst] = _num(stats[src])
-            self._tb_extra = {prefix + k: _num(v) for k, v in stats.items() if k.startswith("edge_freq/")}
+            self._tb_extra.update({prefix + k: _num(v) for k, v in stats.items() if k.startswith("edge_freq/")})
         return row
 
     def _healthy(self, row: dict[str, Any]) -> bool:
@@ -320,6 +323,13 @@ def load_run(run_dir: Path) -> tuple[Config, Path]:
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise UserError(f"run directory '{run_dir}' has no checkpoint under checkpoints/ to resume from")
+    for name in (RUN_STATE, RNG_STATE):
+        if not (ckpt / name).is_file():
+            raise UserError(f"checkpoint '{ckpt}' lacks {name}; it was not written by run.py train")
+    try:
+        RunState(**json.loads((ckpt / RUN_STATE).read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise UserError(f"'{ckpt / RUN_STATE}' is not a valid run state ({e})") from None
     return cfg, ckpt
 
 

@@ -84,3 +84,12 @@ def test_continuous_actions_become_one_box_per_team():
     assert obs["team_0"]["action_mask"].shape == (3, 1)
     _, rew, *_ = env.step({"team_0": np.full((3, 5), 0.5, np.float32)})
     assert np.isfinite(rew["team_0"])
+
+
+def test_teams_must_be_disjoint_and_cover_every_agent():
+    from envs.adapter import TeamGroupingError
+
+    with pytest.raises(TeamGroupingError, match="in several: \\['agent_0'\\]"):
+        TeamEnv({**SPREAD, "teams": {"a": ["agent_"], "b": ["agent_0"]}})
+    with pytest.raises(TeamGroupingError, match="in none: \\['agent_2'\\]"):
+        TeamEnv({**SPREAD, "teams": {"a": ["agent_0"], "b": ["agent_1"]}})

@@ -176,3 +176,13 @@ def test_annealing_can_be_switched_off():
     s = DensitySchedule(total_iterations=100, anneal=False, alpha0=0.1)
     assert {s.tau(i) for i in range(101)} == {1.0}
     assert {s.alpha(i) for i in range(101)} == {0.1}
+
+
+def test_deterministic_acting_uses_the_most_likely_graph():
+    m = make_module(LEARNED)
+    scramble(m.graph, 3.0)
+    obs = make_obs(b=16)
+    with torch.no_grad():
+        a = m.forward_inference({Columns.OBS: obs})[Columns.ACTIONS]
+        b = m.forward_inference({Columns.OBS: obs})[Columns.ACTIONS]
+    assert torch.equal(a, b)

@@ -61,3 +61,21 @@ def test_lbf_trains_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(x) for x in (Path(proc.stdout.strip().splitlines()[-1]) / "metrics.jsonl").read_text().splitlines()]
     assert [r["env_steps"] for r in rows] == [400, 800]
+
+
+def test_time_limit_is_a_truncation_not_a_termination():
+    from envs.gym_team import GymTeamEnv
+
+    env = GymTeamEnv("rware-tiny-2ag-v2")
+    env.reset(seed=0)
+    for _ in range(500):
+        _, _, term, trunc, _ = env.step({a: 0 for a in env.agents})
+    assert trunc["agent_0"] and not term["agent_0"]
+
+
+def test_bad_env_id_is_a_config_error(capsys, tmp_path):
+    from marl.cli import main
+
+    code = main(["train", "env.import=envs.gym_team", "env.kwargs={id: Foraging-9x9-nope-v3}", f"output_dir={tmp_path}/r"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "config key 'env.kwargs'" in err[0] and "Foraging-9x9-nope" in err[0]

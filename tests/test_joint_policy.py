@@ -173,3 +173,16 @@ def test_continuous_parents_pass_raw_actions():
     changed = m.conditional_logits(obs, a_scaled, graph)
     assert not torch.allclose(base[0, 1], changed[0, 1])  # child of 0 sees the raw vector
     assert torch.allclose(base[0, 2], changed[0, 2])  # agent 2 has no parent
+
+
+def test_dead_agents_take_zero_continuous_actions_and_add_no_logp():
+    m = make_continuous_module({"mode": "full"})
+    obs = make_obs(b=8)
+    obs["action_mask"] = torch.ones(8, N, 1)
+    obs["alive"][:, 1] = 0.0
+    with torch.no_grad():
+        out = m.forward_exploration({Columns.OBS: obs})
+    assert torch.equal(out[Columns.ACTIONS][:, 1], torch.zeros(8, 2))
+    params = out[Columns.ACTION_DIST_INPUTS].reshape(8, N, 4)
+    logp = m.agent_logp(params, out[Columns.ACTIONS])
+    assert torch.allclose(out[Columns.ACTION_LOGP], logp[:, [0, 2]].sum(-1), atol=1e-5)

@@ -105,3 +105,18 @@ def test_cli_reports_missing_smacv2_with_exit_2(capsys, tmp_path):
     assert code == 2 and len(err) == 1 and err[0].startswith("error: config key 'env.import'")
     assert "'smacv2' package is not installed" in err[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_team_reward_survives_the_first_agents_death():
+    # agent_0 dies on step 1; later rewards must still reach the team.
+    noop = [1] + [0] * 10
+    moves = [0, 1, 1, 1, 1, 1] + [0] * 5
+    episode = [
+        {"avail_actions": [noop] + [moves] * 4, "reward": 2.0, "terminated": False, "info": {}},
+        {"avail_actions": [noop] + [moves] * 4, "reward": 3.0, "terminated": False, "info": {}},
+        {"avail_actions": [noop] + [moves] * 4, "reward": 5.0, "terminated": True, "info": {"battle_won": True}},
+    ]
+    env, _ = team_env(episode)
+    env.reset()
+    rewards = [env.step({"team_0": np.ones(5, int)})[1]["team_0"] for _ in episode]
+    assert rewards == [2.0, 3.0, 5.0]

@@ -76,3 +76,17 @@ def test_smax_trains_and_evaluates_win_rate(tmp_path):
     assert ev.returncode == 0, ev.stderr[-2000:]
     result = json.loads(ev.stdout)
     assert 0.0 <= result["win_rate"] <= 1.0 and result["episodes"] == 3
+
+
+def test_smax_team_reward_is_paid_once():
+    from envs.smax import SmaxParallelEnv
+
+    env = SmaxParallelEnv("3m")
+    rng = np.random.default_rng(1)
+    _, infos = env.reset(seed=1)
+    for _ in range(60):
+        if not env.agents:
+            _, infos = env.reset()
+        acts = {a: int(rng.choice(np.nonzero(infos[a]["action_mask"])[0])) for a in env.agents}
+        _, rew, _, _, infos = env.step(acts)
+        assert sum(1 for r in rew.values() if r != 0.0) <= 1

@@ -72,7 +72,7 @@ class HardAssignment:
 
 
 class LearnedDAG(nn.Module):
-    """cfg keys: ``order`` ('learned' | 'fixed'), ``context_hidden``, ``init_edge_bias``."""
+    """cfg keys: ``order`` ('learned' | 'fixed'), ``context_hidden``."""
 
     def __init__(self, n: int, obs_dim: int, cfg: dict):
         super().__init__()

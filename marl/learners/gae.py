@@ -52,6 +52,10 @@ class TeamGAE(ConnectorV2):
                 valid = convert_to_numpy(module_batch[Columns.LOSS_MASK]).astype(bool)
             else:
                 valid = np.ones(len(adv), bool)
+            valid = np.broadcast_to(valid[:, None], adv.shape)
+            if adv.shape[1] > 1:  # per-agent critics (IPPO): dead agents' columns do not count
+                alive = convert_to_numpy(module_batch[Columns.OBS]["alive"]).astype(bool)
+                valid = valid & alive
             mean, std = adv[valid].mean(), adv[valid].std()
             adv = (adv - mean) / max(std, 1e-4)
             module_batch[Postprocessing.ADVANTAGES] = torch.as_tensor(adv, device=device)

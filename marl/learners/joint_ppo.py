@@ -121,8 +121,8 @@ def joint_ppo_loss(
     preds = fwd_out[Columns.VF_PREDS].reshape(b, -1)
     v_mask = step_mask.unsqueeze(-1) if module.centralized else agent_mask
     if module.use_value_norm:
-        if update_value_norm:
-            module.value_norm.update(targets[step_mask > 0.5])
+        if update_value_norm:  # real steps only; under IPPO, alive agents' columns only
+            module.value_norm.update(targets, v_mask.expand_as(targets))
         targets = module.value_norm.normalize(targets)
     vf_err = F.huber_loss(preds, targets, reduction="none", delta=HUBER_DELTA)
     vf_loss = (vf_err * v_mask).sum() / v_mask.sum().clamp(min=1.0)

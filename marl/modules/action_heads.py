@@ -42,6 +42,9 @@ class CategoricalHead(nn.Module):
     def empty_actions(self, shape, device) -> torch.Tensor:
         return torch.zeros(*shape, dtype=torch.long, device=device)
 
+    def dead_action(self, actions: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        return actions  # the mask already leaves a dead agent only the no-op
+
     def logp(self, params: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(params, -1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
 
@@ -81,6 +84,10 @@ class GaussianHead(nn.Module):
 
     def empty_actions(self, shape, device) -> torch.Tensor:
         return torch.zeros(*shape, self.k, device=device)
+
+    def dead_action(self, actions: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        """A dead agent's action is zeros, not noise its children would read."""
+        return actions * alive.unsqueeze(-1)
 
     def logp(self, params: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         mean, log_std = self._split(params)

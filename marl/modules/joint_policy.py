@@ -109,7 +109,7 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
         if graph.empty:
             dummy = self.head.empty_actions(obs["alive"].shape, obs["alive"].device)
             params = self.conditional_logits(obs, dummy, graph)
-            return self.head.sample(params, deterministic), params
+            return self.head.dead_action(self.head.sample(params, deterministic), obs["alive"]), params
 
         base = self._actor_base(obs["obs"])
         b = base.shape[0]
@@ -123,7 +123,7 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
             parents = (col.unsqueeze(-1) * code).reshape(b, self.n * self.head.code_dim)
             out = self.actor(torch.cat([base[rows, i], parents], dim=-1))
             p = self.head.dist_inputs(out, obs["action_mask"][rows, i])
-            a = self.head.sample(p, deterministic)
+            a = self.head.dead_action(self.head.sample(p, deterministic), obs["alive"][rows, i])
             actions[rows, i] = a
             code[rows, i] = self.head.encode(a, base.dtype)
             params[rows, i] = p
@@ -148,6 +148,8 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
         if self.learns_graph:
             b = obs["obs"].shape[0]
             noise = self.graph.sample_noise(b, obs["obs"].device)
+            if deterministic:  # the most likely graph: no Gumbel perturbation
+                noise = {k: torch.zeros_like(v) for k, v in noise.items()}
             graph = self.graph(obs["obs"], noise)
             for key, col in DAG_NOISE.items():
                 out[col] = noise[key].reshape(b, -1)
@@ -155,7 +157,8 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
             graph = self.graph(obs["obs"])
         actions, logits = self.sample_joint(obs, graph, deterministic)
         out[Columns.ACTIONS] = actions
-        out[Columns.ACTION_LOGP] = self.agent_logp(logits, actions).sum(-1)
+        # Joint log-prob of the living agents (a dead agent's action is fixed, not chosen).
+        out[Columns.ACTION_LOGP] = (self.agent_logp(logits, actions) * obs["alive"]).sum(-1)
         out[Columns.ACTION_DIST_INPUTS] = logits.reshape(logits.shape[0], -1)
         return out
 

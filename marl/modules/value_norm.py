@@ -27,11 +27,16 @@ class ValueNorm(nn.Module):
         return mean, var
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """x: [B, size] value targets (valid rows only)."""
+    def update(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """x: [B, size] value targets; mask: [B, size], 1 where a target counts."""
         x = x.reshape(-1, self.running_mean.numel()).float()
-        self.running_mean.mul_(self.beta).add_(x.mean(0) * (1 - self.beta))
-        self.running_mean_sq.mul_(self.beta).add_((x**2).mean(0) * (1 - self.beta))
+        mask = torch.ones_like(x) if mask is None else mask.reshape_as(x).float()
+        count = mask.sum(0)
+        if not bool((count > 0).all()):  # e.g. a minibatch of padding rows only
+            return
+        mean, mean_sq = (x * mask).sum(0) / count, (x**2 * mask).sum(0) / count
+        self.running_mean.mul_(self.beta).add_(mean * (1 - self.beta))
+        self.running_mean_sq.mul_(self.beta).add_(mean_sq * (1 - self.beta))
         self.debias.mul_(self.beta).add_(1 - self.beta)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -263,23 +263,28 @@ def _format_error(err: dict[str, Any]) -> str:
     return f"config key '{key}': {msg}{shown}"
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Compose, override and validate a config. Raises ConfigError with a one-line message."""
-    layers = [_read_yaml(BASE_CONFIG)]
-    layers += _compose(Path(path) if path else DEFAULT_CONFIG)
-    layers.append(_parse_overrides(overrides or []))
+def _merge(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge config layers, later ones winning. A layer that names another env.import starts
+    that env's kwargs from {}: one env's kwargs never leak into another."""
     try:
         merged = OmegaConf.create({})
         for layer in layers:
             env = layer.get("env")
             previous = merged.env.get("import") if "env" in merged else None
             if isinstance(env, dict) and previous is not None and env.get("import", previous) != previous:
-                # Another env: the kwargs of the previous one do not carry over.
                 merged.env.kwargs = {}
             merged = OmegaConf.merge(merged, OmegaConf.create(layer))
-        merged = OmegaConf.to_container(merged)
+        return OmegaConf.to_container(merged)
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot merge config: {str(e).splitlines()[0]}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Compose, override and validate a config. Raises ConfigError with a one-line message."""
+    layers = [_read_yaml(BASE_CONFIG)]
+    layers += _compose(Path(path) if path else DEFAULT_CONFIG)
+    layers.append(_parse_overrides(overrides or []))
+    merged = _merge(layers)
     try:
         config = Config.model_validate(merged)
     except ValidationError as e:
@@ -331,9 +336,10 @@ def _check_against_env(config: Config) -> None:
 
 
 def config_from_file(path: Path) -> Config:
-    """Validate a resolved config (a run's config.yaml): no composition, no defaults."""
+    """Validate a resolved config (a run's config.yaml). Keys added to configs/base.yaml since
+    the run was made take their defaults, so older runs still evaluate and resume."""
     try:
-        config = Config.model_validate(_read_yaml(path))
+        config = Config.model_validate(_merge([_read_yaml(BASE_CONFIG), _read_yaml(path)]))
     except ValidationError as e:
         raise ConfigError(f"{path}: {_format_error(e.errors()[0])}") from None
     return config

@@ -133,3 +133,18 @@ def test_naming_another_env_drops_the_previous_envs_kwargs():
     assert cfg.env.kwargs == {}
     cfg = load_config(None, ["env.kwargs.N=2"])  # same env: kwargs merge
     assert cfg.env.kwargs == {"N": 2, "max_cycles": 25}
+
+
+def test_a_runs_config_from_before_newer_keys_still_loads(tmp_path):
+    import yaml
+
+    from marl.config import config_from_file, load_config
+
+    old = load_config(None, ["env.import=envs.coordination_game", "env.kwargs={n: 3}"]).to_dict()
+    del old["teams"]
+    del old["runners"]["torch_threads"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old))
+    cfg = config_from_file(path)
+    assert cfg.teams == {} and cfg.runners.torch_threads == 1
+    assert cfg.env.kwargs == {"n": 3}  # base.yaml's simple_spread kwargs do not leak in

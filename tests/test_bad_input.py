@@ -148,3 +148,19 @@ def test_a_runs_config_from_before_newer_keys_still_loads(tmp_path):
     cfg = config_from_file(path)
     assert cfg.teams == {} and cfg.runners.torch_threads == 1
     assert cfg.env.kwargs == {"n": 3}  # base.yaml's simple_spread kwargs do not leak in
+
+
+def test_missing_optional_package_names_it_and_its_extra(capsys, tmp_path, monkeypatch):
+    import envs.smax
+
+    code, lines = run_main(capsys, ["train", "env.import=tests.toy_envs:needs_missing_package", f"output_dir={tmp_path}/r"])
+    assert code == 2 and len(lines) == 1
+    assert "config key 'env.import'" in lines[0] and "needs the package 'jaxmarl_not_installed'" in lines[0]
+
+    def no_jaxmarl(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'jaxmarl'", name="jaxmarl")
+
+    monkeypatch.setattr(envs.smax, "_compiled", no_jaxmarl)
+    code, lines = run_main(capsys, ["train", "configs/env/smax_3m.yaml", f"output_dir={tmp_path}/r"])
+    assert code == 2 and "needs the package 'jaxmarl' (install it: pip install -e '.[smax]')" in lines[0]
+    assert not (tmp_path / "r").exists()

@@ -92,3 +92,8 @@ class NanRewardEnv:
 
 def nan_reward_env(nan_after: int = 1000):
     return NanRewardEnv(nan_after)
+
+
+def needs_missing_package(**kwargs):
+    """An env whose package is not installed, like SMAX without the `smax` extra."""
+    import jaxmarl_not_installed  # noqa: F401

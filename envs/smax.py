@@ -8,8 +8,9 @@ SMAC-like maps such as ``3m`` and ``2s3z``. Install extra: ``.[smax]``.
 - The env's functions are jitted once per process and shared by every copy, so the compile
   cost is paid once, not per step or per copy.
 - Per agent: SMAX's observation, its avail-actions as ``info["action_mask"]``, and death as
-  termination. ``state()`` is SMAX's world state. The team reward (the same for every ally)
-  is paid once, so a team return is SMAX's return. When the battle ends, every agent's info
+  termination. ``state()`` is SMAX's world state. Rewards, deaths and outcomes are
+  translated by ``envs.battle``, as for SMACv2: the team reward (the same for every ally) is
+  paid once, so a team return is SMAX's return. When the battle ends, every agent's info
   carries ``battle_won`` (all enemies dead while an ally lives); a time-out is a truncation.
 """
 
@@ -21,8 +22,8 @@ import os
 import sys
 
 import numpy as np
-from gymnasium import spaces
-from pettingzoo import ParallelEnv
+
+from envs.battle import BattleParallelEnv
 
 
 @contextlib.contextmanager
@@ -88,7 +89,7 @@ def _compiled(map_name: str, platform: str, kwargs_items: tuple):
     return env, jax.jit(reset), jax.jit(step)
 
 
-class SmaxParallelEnv(ParallelEnv):
+class SmaxParallelEnv(BattleParallelEnv):
     metadata = {"name": "smax_v0"}
 
     def __init__(self, map_name: str = "smacv2_5_units", platform: str = "cpu", **smax_kwargs):
@@ -96,61 +97,30 @@ class SmaxParallelEnv(ParallelEnv):
         import jax
 
         self._jax = jax
-        self.possible_agents = list(self._env.agents)
-        self._obs_space = spaces.Box(-np.inf, np.inf, self._env.observation_space(self.possible_agents[0]).shape, np.float32)
-        self._act_space = spaces.Discrete(int(self._env.action_space(self.possible_agents[0]).n))
+        agents = list(self._env.agents)
+        obs_dim = int(np.prod(self._env.observation_space(agents[0]).shape))
+        self._init_spaces(agents, obs_dim, int(self._env.action_space(agents[0]).n))
         self._key = jax.random.PRNGKey(0)
-        self.agents: list[str] = []
-
-    def observation_space(self, agent):
-        return self._obs_space
-
-    def action_space(self, agent):
-        return self._act_space
 
     def state(self) -> np.ndarray:
         return self._world_state
-
-    def _unpack(self, packed) -> tuple[dict, dict]:
-        obs, world_state, avail = packed
-        self._world_state = np.asarray(world_state, np.float32)
-        out_obs = {a: np.asarray(obs[i], np.float32) for i, a in enumerate(self.possible_agents) if a in self.agents}
-        infos = {
-            a: {"action_mask": np.asarray(avail[i], np.int8)}
-            for i, a in enumerate(self.possible_agents) if a in self.agents
-        }
-        return out_obs, infos
 
     def reset(self, seed=None, options=None):
         if seed is not None:
             self._key = self._jax.random.PRNGKey(seed)
         self._key, self._state, packed = self._reset(self._key)
         self.agents = list(self.possible_agents)
-        return self._unpack(self._jax.device_get(packed))
+        obs, world_state, avail = self._jax.device_get(packed)
+        self._world_state = np.asarray(world_state, np.float32)
+        return self._battle_obs(obs, avail, [True] * len(self.possible_agents))
 
     def step(self, actions):
         joint = np.array([int(actions.get(a, 0)) for a in self.possible_agents], np.int32)
         self._key, self._state, packed, out = self._step(self._key, self._state, joint)
-        packed, (rewards, dones, over, won, timeout) = self._jax.device_get((packed, out))
-        agents = list(self.agents)
-        out_obs, infos = self._unpack(packed)
-        for i, a in enumerate(self.possible_agents):  # no observation for the dead
-            if dones[i]:
-                out_obs.pop(a, None)
-        index = {a: i for i, a in enumerate(self.possible_agents)}
-        # SMAX gives every ally the same team reward: pay it once (to the first agent alive
-        # before the step), so the team's summed reward is SMAX's reward, as for SMACv2.
-        out_rew = {a: (float(rewards[index[a]]) if a == agents[0] else 0.0) for a in agents}
-        over, timeout = bool(over), bool(timeout)
-        truncs = dict.fromkeys(agents, over and timeout)
-        terms = {a: bool(dones[index[a]]) or (over and not timeout) for a in agents}
-        if over:
-            for a in agents:
-                infos[a]["battle_won"] = bool(won)
-            self.agents = []
-        else:
-            self.agents = [a for a in agents if not dones[index[a]]]
-        return out_obs, out_rew, terms, truncs, infos
+        (obs, world_state, avail), (rewards, dones, over, won, timeout) = self._jax.device_get((packed, out))
+        self._world_state = np.asarray(world_state, np.float32)
+        # SMAX gives every ally the same team reward (rewards[0]); envs.battle pays it once.
+        return self._battle_step(obs, avail, ~np.asarray(dones), float(rewards[0]), bool(over), bool(timeout), bool(won))
 
 
 def parallel_env(**kwargs) -> SmaxParallelEnv:

@@ -6,6 +6,8 @@ mapped to a module of the same name (DESIGN.md, "Teams: one RLlib agent per team
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import pickle
 from collections.abc import Callable
@@ -18,7 +20,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from envs.adapter import TeamEnv
 from marl.callbacks import WinRateCallback
-from marl.config import Config, TeamRole, build_env, frozen_module_dir
+from marl.config import Config, EnvConfig, TeamRole, build_env, frozen_module_dir
 from marl.learners import JointPPOLearner
 from marl.modules import JointPolicyModule
 from marl.modules.scripted import ScriptedTeamModule
@@ -29,8 +31,15 @@ def _team_of(agent_id, episode=None, **kwargs):
 
 
 def team_names(cfg: Config) -> list[str]:
-    env = build_env(cfg)
-    names = list(env.teams)
+    """The env's teams, in order. Building an env can be slow (MuJoCo, JAX), so it is built
+    once per env config, however many parts of the algorithm config ask."""
+    return list(_team_names(json.dumps(cfg.to_dict()["env"], sort_keys=True)))
+
+
+@functools.cache
+def _team_names(env_json: str) -> tuple[str, ...]:
+    env = build_env(EnvConfig.model_validate(json.loads(env_json)))
+    names = tuple(env.teams)
     env.close()
     return names
 

@@ -293,17 +293,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config
 
 
-def build_env(config: Config):
-    """The config's TeamEnv, or a ConfigError naming the key at fault (train, resume and
-    evaluate all build it through here)."""
+def build_env(env_config: EnvConfig):
+    """The TeamEnv of a config's ``env`` section, or a ConfigError naming the key at fault
+    (train, resume and evaluate all build it through here)."""
     import gymnasium as gym
 
     from envs.adapter import TeamEnv, TeamGroupingError
     from envs.errors import MissingDependency
 
-    name = config.env.import_
+    name = env_config.import_
     try:
-        return TeamEnv(config.to_dict()["env"])
+        return TeamEnv(env_config.model_dump(by_alias=True, mode="json"))
     except MissingDependency as e:
         raise ConfigError(f"config key 'env.import': {name} cannot run here: {e}") from None
     except ModuleNotFoundError as e:
@@ -318,7 +318,7 @@ def build_env(config: Config):
 
 def _check_against_env(config: Config) -> None:
     """Build the env once: its kwargs, teams and the graph's agent indices must fit it."""
-    env = build_env(config)
+    env = build_env(config.env)
     sizes = [s.n_agents for s in env.specs.values()]
     for team, role in config.teams.items():
         if team not in env.specs:

@@ -63,7 +63,7 @@ def evaluate(
     ckpt = resolve_checkpoint(checkpoint)
     cfg = config_from_file(ckpt / "config.yaml")
     modules = load_team_modules(ckpt)
-    env = build_env(cfg)
+    env = build_env(cfg.env)
     if decentralized:  # Bayesian-network teams executed with the empty graph
         for module in modules.values():
             if hasattr(module, "decentralize"):  # scripted teams have no graph

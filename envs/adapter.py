@@ -105,6 +105,7 @@ class TeamEnv(MultiAgentEnv):
 
         self.env.reset(seed=config.get("seed"))
         self._has_state = self._probe_state()
+        self._state_row = max(_flat_dim(self._obs_spaces[a][0]) for a in names)
         self.specs: dict[str, TeamSpec] = {}
         self.action_spaces = {}
         for team, members in self.teams.items():
@@ -166,7 +167,7 @@ class TeamEnv(MultiAgentEnv):
     def _state_dim(self, names: list[str]) -> int:
         if self._has_state:
             return int(np.asarray(self.env.state()).size)
-        return sum(max(_flat_dim(self._obs_spaces[a][0]) for a in names) for _ in names)
+        return len(names) * self._state_row
 
     @staticmethod
     def _team_obs_space(spec: TeamSpec) -> gym.spaces.Dict:
@@ -192,15 +193,32 @@ class TeamEnv(MultiAgentEnv):
             mask = np.asarray(info["action_mask"], np.float32)
         return np.asarray(gym.spaces.flatten(space, raw), np.float32), mask
 
-    def _team_obs(self, team: str, obs: dict, infos: dict) -> dict[str, np.ndarray]:
+    def _observe(self, obs: dict, infos: dict) -> dict[str, dict[str, np.ndarray]]:
+        """Every team's observation dict. Each agent is flattened once per step, and the
+        global state is computed once and shared by all teams."""
+        flat = {
+            agent: self._agent_obs(agent, obs[agent], infos.get(agent, {}))
+            for agent in self._all_agents if agent in obs
+        }
+        if self._has_state:
+            state = np.asarray(self.env.state(), np.float32).reshape(-1)
+        else:  # concatenated observations, each padded to the widest
+            state = np.zeros((len(self._all_agents), self._state_row), np.float32)
+            for k, agent in enumerate(self._all_agents):
+                if agent in flat:
+                    state[k, : flat[agent][0].size] = flat[agent][0]
+            state = state.reshape(-1)
+        return {team: self._team_obs(team, flat, state) for team in self.teams}
+
+    def _team_obs(self, team: str, flat: dict, state: np.ndarray) -> dict[str, np.ndarray]:
         spec = self.specs[team]
         o = np.zeros((spec.n_agents, spec.obs_dim), np.float32)
         m = np.zeros((spec.n_agents, spec.n_actions), np.float32)
         alive = np.zeros(spec.n_agents, np.float32)
         for i, agent in enumerate(spec.agents):
-            if agent in obs and agent not in self._dead:
-                flat, mask = self._agent_obs(agent, obs[agent], infos.get(agent, {}))
-                o[i, : flat.size] = flat
+            if agent in flat and agent not in self._dead:
+                vec, mask = flat[agent]
+                o[i, : vec.size] = vec
                 if mask is None:
                     m[i, : spec.agent_n_actions[i]] = 1.0
                 else:
@@ -208,20 +226,7 @@ class TeamEnv(MultiAgentEnv):
                 alive[i] = 1.0
             else:
                 m[i, 0] = 1.0  # a dead agent can only take the no-op
-        return {"obs": o, "state": self._state(obs, infos), "action_mask": m, "alive": alive}
-
-    def _state(self, obs: dict, infos: dict) -> np.ndarray:
-        if self._has_state:
-            return np.asarray(self.env.state(), np.float32).reshape(-1)
-        parts = []
-        d = max(_flat_dim(self._obs_spaces[a][0]) for a in self._all_agents)
-        for agent in self._all_agents:
-            row = np.zeros(d, np.float32)
-            if agent in obs:
-                flat, _ = self._agent_obs(agent, obs[agent], infos.get(agent, {}))
-                row[: flat.size] = flat
-            parts.append(row)
-        return np.concatenate(parts)
+        return {"obs": o, "state": state, "action_mask": m, "alive": alive}
 
     def _team_info(self, team: str, infos: dict) -> dict:
         out: dict[str, Any] = {}
@@ -237,10 +242,7 @@ class TeamEnv(MultiAgentEnv):
         obs, infos = self.env.reset(seed=seed, options=options)
         infos = infos or {}
         self._dead = set()
-        return (
-            {t: self._team_obs(t, obs, infos) for t in self.teams},
-            {t: self._team_info(t, infos) for t in self.teams},
-        )
+        return self._observe(obs, infos), {t: self._team_info(t, infos) for t in self.teams}
 
     def step(self, action_dict: dict[str, np.ndarray]):
         live = set(self.env.agents)
@@ -258,9 +260,8 @@ class TeamEnv(MultiAgentEnv):
             self._dead |= {a for a, t in terms.items() if t and not truncs.get(a, False)}
         truncated = done and any(truncs.get(a, False) for a in truncs)
         terminated = done and not truncated
-        team_obs, team_rew, team_info = {}, {}, {}
+        team_obs, team_rew, team_info = self._observe(obs, infos), {}, {}
         for team, spec in self.specs.items():
-            team_obs[team] = self._team_obs(team, obs, infos)
             team_rew[team] = float(sum(rewards.get(a, 0.0) for a in spec.agents))
             team_info[team] = self._team_info(team, infos)
         term = {t: terminated for t in self.teams}

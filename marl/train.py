@@ -54,6 +54,7 @@ LEARNER_KEYS = {
     "default_optimizer_learning_rate": "lr",
     "curr_entropy_coeff": "entropy_coeff",
     "dag_density": "dag_density",
+    "dag_mode_share": "dag_mode_share",
     "dag_tau": "dag_tau",
     "dag_alpha": "dag_alpha",
 }

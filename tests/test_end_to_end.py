@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -61,11 +62,26 @@ def test_default_job_is_bn_mappo_with_learned_graph_and_draws_it(trained_run):
     assert {"dag_density", "dag_tau", "dag_alpha", "edge_freq/0->1", "edge_freq/2->0"} <= set(tags)
 
 
-def test_evaluate_decentralized_forces_the_empty_graph(trained_run):
-    proc = run_cli("evaluate", str(trained_run), "--episodes", "2", "--decentralized")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout)
+def test_evaluate_decentralized_forces_the_empty_graph(trained_run, monkeypatch):
+    # Record the graph every acting step of `evaluate` samples with.
+    from marl.evaluate import evaluate
+    from marl.modules.joint_policy import JointPolicyModule
+
+    graphs = []
+    original = JointPolicyModule.sample_joint
+
+    def sample_joint(self, obs, graph, deterministic=False):
+        graphs.append(graph.adjacency.detach().clone())
+        return original(self, obs, graph, deterministic)
+
+    monkeypatch.setattr(JointPolicyModule, "sample_joint", sample_joint)
+    evaluate(trained_run, episodes=1, seed=0)
+    learned = torch.cat(graphs)
+    assert len(graphs) == 25 and float(learned.sum()) > 0  # the trained team uses edges
+    graphs.clear()
+    result = evaluate(trained_run, episodes=2, seed=0, decentralized=True)
     assert result["decentralized"] is True and result["episodes"] == 2
+    assert len(graphs) == 50 and float(torch.cat(graphs).abs().sum()) == 0.0
 
 
 def test_train_writes_the_run_directory(trained_run):

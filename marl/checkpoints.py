@@ -195,7 +195,7 @@ def save_team_weights(algo, ckpt_dir: Path) -> None:
     weights = algo.learner_group.get_weights()
     teams: dict[str, Any] = {}
     for index, team in enumerate(sorted(weights)):
-        module = algo.learner_group._learner.module[team] if algo.learner_group.is_local else algo.get_module(team)
+        module = algo.get_module(team)  # an EnvRunner's copy: same class, config and spaces
         name = next((n for n, cls in MODULE_CLASSES.items() if type(module) is cls), None)
         if name is None:
             raise TypeError(f"module '{team}' is a {type(module).__name__}, not in MODULE_CLASSES")

@@ -64,6 +64,7 @@ class AdversaryPlugin:
     white_box: ClassVar[bool] = False  # only white-box plugins ever see victim modules/grads
     trains: ClassVar[bool] = True  # False: evaluate only (random, obs_pgd)
     Params: ClassVar[type[pydantic.BaseModel]] = NoParams  # config `adversary.params`
+    default_budget: ClassVar[float | None] = None  # `adversary.budget: null` means this
 
     def __init__(self, params: pydantic.BaseModel, ctx: AttackContext):
         self.params, self.ctx = params, ctx
@@ -89,14 +90,17 @@ class AdversaryPlugin:
 
     # .......................................................... non-training plugins
     def act(self, attacker_obs: dict[str, np.ndarray]) -> np.ndarray:
-        """The attacker's action for one env step ([k] discrete, [k, c] continuous in the
-        env's bounds). Only plugins with ``trains = False`` and threat model takeover."""
+        """The attacker's action for one step, in the units of the attacker's RLlib module:
+        [k] discrete, [k, c] continuous in [-1, 1] (mapped onto the bounds as RLlib's
+        EnvRunners do). Only plugins with ``trains = False`` and threat model takeover."""
         raise NotImplementedError(f"adversary '{self.name}' trains; it does not act by rule")
 
     # ............................................ observation threat model (white-box)
-    def perturb(self, team_obs: dict[str, np.ndarray], victim: WhiteBoxVictim) -> dict[str, np.ndarray]:
+    def perturb(
+        self, team_obs: dict[str, np.ndarray], victim: WhiteBoxVictim, attacked: list[int]
+    ) -> dict[str, np.ndarray]:
         """The victims' observations after the attack (``team_obs['obs']`` [n, d] changed at
-        the attacked agents' rows), before the victims act."""
+        the ``attacked`` agents' rows, this episode's), before the victims act."""
         raise NotImplementedError(f"adversary '{self.name}' does not perturb observations")
 
     @classmethod

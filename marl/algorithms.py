@@ -90,6 +90,7 @@ def build_mappo(cfg: Config) -> AlgorithmConfig:
         policies=set(team_names(cfg)),
         policies_to_train=trained_teams(cfg),
         learner_config=learner_extras(cfg),
+        on_algorithm_init=frozen_weights(cfg),
     )
 
 
@@ -103,6 +104,7 @@ def build_ppo(
     policies_to_train: list[str],
     learner_class: type = JointPPOLearner,
     learner_config: dict[str, Any] | None = None,
+    on_algorithm_init: Callable | None = None,
 ) -> AlgorithmConfig:
     """PPOConfig from a config's ``algo``, ``runners`` and ``seed`` sections; each RLlib agent
     maps to the module of its own name. Shared by team training and attacker training."""
@@ -144,7 +146,7 @@ def build_ppo(
             kl_coeff=0.0,
             learner_config_dict=learner_config or {},
         )
-        .callbacks(WinRateCallback, on_algorithm_init=frozen_weights(cfg) or NotProvided)
+        .callbacks(WinRateCallback, on_algorithm_init=on_algorithm_init or NotProvided)
         .debugging(seed=cfg.seed, log_level="ERROR")
         .reporting(metrics_num_episodes_for_smoothing=20)
     )

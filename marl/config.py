@@ -269,14 +269,14 @@ OPTIONAL_EXTRAS = {
 UNION_TAGS = {"float", "int", "str", "bool", "none"}
 
 
-def _format_error(err: dict[str, Any]) -> str:
+def _format_error(err: dict[str, Any], schema: type[BaseModel] | None = None) -> str:
     # Drop pydantic's union-member tags ('float', 'list[...]') from the location.
     loc = tuple(
         str(p) for p in err["loc"] if not (str(p) in UNION_TAGS or "[" in str(p) or isinstance(p, int))
     )
     key = ".".join(loc) or "<root>"
     if err["type"] == "extra_forbidden":
-        known = _known_keys(Config, loc[:-1])
+        known = _known_keys(schema or Config, loc[:-1])
         close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
         hint = f" (did you mean '{'.'.join(loc[:-1] + (close[0],))}'?)" if close else ""
         return f"unknown config key '{key}'{hint}; valid keys here: {', '.join(known)}"
@@ -295,7 +295,7 @@ def _merge(layers: list[dict[str, Any]]) -> dict[str, Any]:
         merged = OmegaConf.create({})
         for layer in layers:
             env = layer.get("env")
-            previous = merged.env.get("import") if "env" in merged else None
+            previous = merged.env.get("import") if merged.get("env") else None
             if isinstance(env, dict) and previous is not None and env.get("import", previous) != previous:
                 merged.env.kwargs = {}
             merged = OmegaConf.merge(merged, OmegaConf.create(layer))
@@ -380,3 +380,9 @@ def _check_frozen_team(team: str, role: TeamRole, env) -> None:
         check_team_fits(source, name, env, env_team=team)
     except ConfigError as e:
         raise ConfigError(f"config key 'teams.{team}.checkpoint': {e}") from None
+
+
+# Composition helpers shared with other config schemas (adversaries/config.py).
+read_yaml, compose, parse_overrides, merge_layers, format_error = (
+    _read_yaml, _compose, _parse_overrides, _merge, _format_error
+)

@@ -402,8 +402,8 @@ def test_connector_piece_rewrites_rewards_and_trains_the_models(continuous):
         assert float(rewards[real].mean()) == pytest.approx(0.0, abs=1e-3)
     else:  # r_adv + 1.0·likelihood ≥ r_adv
         assert (rewards[real] >= before[real]).all()
-    assert any(not torch.equal(a, b) for a, b in zip(maa0, shaper.maa.parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(oracle0, shaper.oracle.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(maa0, shaper.maa.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(oracle0, shaper.oracle.parameters(), strict=True))
 
 
 def test_shaper_state_round_trips():
@@ -412,9 +412,10 @@ def test_shaper_state_round_trips():
     shaper.shape(attacker_module(), handmade_batch())
     fresh = deterministic_shaper()
     fresh.load_state_dict(shaper.state_dict())
-    for a, b in zip(shaper.maa.parameters(), fresh.maa.parameters()):
+    for a, b in zip(shaper.maa.parameters(), fresh.maa.parameters(), strict=True):
         assert torch.equal(a, b)
-    for a, b in zip(shaper.oracle.state_dict().values(), fresh.oracle.state_dict().values()):
+    pairs = zip(shaper.oracle.state_dict().values(), fresh.oracle.state_dict().values(), strict=True)
+    for a, b in pairs:
         assert torch.equal(a, b)
     assert fresh.reward_rms.state_dict() == shaper.reward_rms.state_dict()
     sa, sb = shaper.maa_optimizer.state_dict(), fresh.maa_optimizer.state_dict()

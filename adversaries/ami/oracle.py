@@ -118,7 +118,7 @@ class TargetedOracle(nn.Module):
 
     @torch.no_grad()
     def soft_update(self, tau: float) -> None:
-        for tp, p in zip(self.target_critic.parameters(), self.critic.parameters()):
+        for tp, p in zip(self.target_critic.parameters(), self.critic.parameters(), strict=True):
             tp.mul_(1.0 - tau).add_(tau * p)
 
 

@@ -1,5 +1,6 @@
-"""Adversary plugins (AMI, generalized adversarial policies, baselines) arrive here.
+"""Adversarial evaluation of trained teams: attack plugins, the attack env, `run.py attack`."""
 
-They use ``marl``'s public pieces only: a frozen team is loaded from a checkpoint with RLlib's
-``RLModule.from_checkpoint`` and folded into the environment.
-"""
+from adversaries.base import ATTACKER, THREAT_MODELS, AdversaryPlugin, AttackContext
+from adversaries.registry import REGISTRY, get_plugin, register
+
+__all__ = ["ATTACKER", "REGISTRY", "THREAT_MODELS", "AdversaryPlugin", "AttackContext", "get_plugin", "register"]

@@ -71,11 +71,34 @@ def trained_teams(cfg: Config) -> list[str]:
 
 def build_mappo(cfg: Config) -> AlgorithmConfig:
     """MAPPO (Yu et al. 2022) and, through the graph, BN-MAPPO (Chen & Zhang 2023)."""
+    return build_ppo(
+        cfg,
+        env=TeamEnv,
+        env_config=cfg.to_dict()["env"],
+        rl_module_spec=module_spec(cfg),
+        policies=set(team_names(cfg)),
+        policies_to_train=trained_teams(cfg),
+        learner_config=learner_extras(cfg),
+    )
+
+
+def build_ppo(
+    cfg: Any,
+    *,
+    env: type,
+    env_config: dict[str, Any],
+    rl_module_spec: MultiRLModuleSpec,
+    policies: set[str],
+    policies_to_train: list[str],
+    learner_class: type = JointPPOLearner,
+    learner_config: dict[str, Any] | None = None,
+) -> AlgorithmConfig:
+    """PPOConfig from a config's ``algo``, ``runners`` and ``seed`` sections; each RLlib agent
+    maps to the module of its own name. Shared by team training and attacker training."""
     a, r = cfg.algo, cfg.runners
-    env_config = cfg.to_dict()["env"]
     return (
         PPOConfig()
-        .environment(TeamEnv, env_config=env_config)
+        .environment(env, env_config=env_config)
         .framework("torch")
         .env_runners(
             num_env_runners=r.num_env_runners,
@@ -86,14 +109,14 @@ def build_mappo(cfg: Config) -> AlgorithmConfig:
         .learners(
             num_learners=0,
             num_gpus_per_learner=r.num_gpus_per_learner,
-            learner_class=JointPPOLearner,
+            learner_class=learner_class,
         )
         .multi_agent(
-            policies=set(team_names(cfg)),
+            policies=policies,
             policy_mapping_fn=_team_of,
-            policies_to_train=trained_teams(cfg),
+            policies_to_train=policies_to_train,
         )
-        .rl_module(rl_module_spec=module_spec(cfg))
+        .rl_module(rl_module_spec=rl_module_spec)
         .training(
             lr=_schedule(a.lr),
             gamma=a.gamma,
@@ -108,7 +131,7 @@ def build_mappo(cfg: Config) -> AlgorithmConfig:
             num_epochs=a.num_epochs,
             use_kl_loss=False,
             kl_coeff=0.0,
-            learner_config_dict=learner_extras(cfg),
+            learner_config_dict=learner_config or {},
         )
         .callbacks(WinRateCallback)
         .debugging(seed=cfg.seed, log_level="ERROR")
@@ -116,7 +139,7 @@ def build_mappo(cfg: Config) -> AlgorithmConfig:
     )
 
 
-def learner_extras(cfg: Config) -> dict[str, Any]:
+def learner_extras(cfg: Any) -> dict[str, Any]:
     """What the learner needs beyond PPO's settings: the budget and the density schedule."""
     iterations = max(math.ceil(cfg.train.total_env_steps / cfg.algo.train_batch_size), 1)
     density = cfg.model.graph.density.model_dump()

@@ -244,14 +244,14 @@ OPTIONAL_EXTRAS = {
 UNION_TAGS = {"float", "int", "str", "bool", "none"}
 
 
-def _format_error(err: dict[str, Any]) -> str:
+def _format_error(err: dict[str, Any], schema: type[BaseModel] | None = None) -> str:
     # Drop pydantic's union-member tags ('float', 'list[...]') from the location.
     loc = tuple(
         str(p) for p in err["loc"] if not (str(p) in UNION_TAGS or "[" in str(p) or isinstance(p, int))
     )
     key = ".".join(loc) or "<root>"
     if err["type"] == "extra_forbidden":
-        known = _known_keys(Config, loc[:-1])
+        known = _known_keys(schema or Config, loc[:-1])
         close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
         hint = f" (did you mean '{'.'.join(loc[:-1] + (close[0],))}'?)" if close else ""
         return f"unknown config key '{key}'{hint}; valid keys here: {', '.join(known)}"
@@ -381,3 +381,9 @@ def _check_frozen_team(team: str, role: TeamRole, env) -> None:
             f"(observations, state, actions, action counts) {signature(obs_space, act_space)}, but "
             f"team '{team}' has {signature(want_obs, want_act)}"
         )
+
+
+# Composition helpers shared with other config schemas (adversaries/config.py).
+read_yaml, compose, parse_overrides, merge_layers, format_error = (
+    _read_yaml, _compose, _parse_overrides, _merge, _format_error
+)

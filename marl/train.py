@@ -146,8 +146,11 @@ def _num(x: Any) -> float | None:
 class Trainer:
     """Drives ``Algorithm.train()`` until the env-step budget is spent."""
 
-    def __init__(self, cfg: Config, run_dir: Path, state: RunState | None = None):
+    def __init__(self, cfg: Config, run_dir: Path, state: RunState | None = None, build_config=None):
+        """``build_config(cfg) -> AlgorithmConfig`` (default: the ``algo.name`` registry);
+        other run types (an attack) pass their own builder and config."""
         self.cfg, self.run_dir = cfg, run_dir
+        self.build_config = build_config
         self.state = state or RunState()
         self.algo = None
         self.writer = None
@@ -159,7 +162,7 @@ class Trainer:
 
         torch.set_num_threads(self.cfg.runners.torch_threads)
         init_ray()
-        algo_cfg = build_algorithm_config(self.cfg)
+        algo_cfg = (self.build_config or build_algorithm_config)(self.cfg)
         if resume_from is not None:
             # Fresh env seeds after a resume, derived from (seed, iteration), so the envs do
             # not replay the episodes they started the run with.
@@ -336,7 +339,7 @@ def load_run(run_dir: Path) -> tuple[Config, Path]:
 def resume(run_dir: Path) -> Path:
     cfg, ckpt = load_run(run_dir)
     state = RunState(**json.loads((ckpt / RUN_STATE).read_text()))
-    _truncate_metrics(run_dir / "metrics.jsonl", state.iteration)
+    truncate_metrics(run_dir / "metrics.jsonl", state.iteration)
     print(f"resuming {run_dir} from {ckpt.name} (env step {state.env_steps})", file=sys.stderr)
     trainer = Trainer(cfg, run_dir, state)
     try:
@@ -346,7 +349,7 @@ def resume(run_dir: Path) -> Path:
         trainer.stop()
 
 
-def _truncate_metrics(path: Path, iteration: int) -> None:
+def truncate_metrics(path: Path, iteration: int) -> None:
     """Drop rows written after the checkpoint (they are re-done) and any torn last line."""
     if not path.exists():
         return

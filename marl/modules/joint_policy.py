@@ -51,6 +51,15 @@ def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, act: str, out_gain:
     return nn.Sequential(*mods, head)
 
 
+def _do(actions: torch.Tensor, intervene: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Replace the masked entries of ``actions`` by the intervention's fixed actions."""
+    if intervene is None:
+        return actions
+    mask, fixed = intervene
+    mask = mask.bool().reshape(mask.shape + (1,) * (actions.dim() - mask.dim()))
+    return torch.where(mask, fixed.to(actions.dtype), actions)
+
+
 class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
     """model_config keys: hidden, layers, activation, critic ('centralized'|'decentralized'),
     value_normalization (bool), graph (dict: mode, edges, ...)."""
@@ -103,13 +112,25 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
         return self.head.dist_inputs(out, obs["action_mask"])
 
     def sample_joint(
-        self, obs: dict, graph: GraphSample, deterministic: bool = False
+        self, obs: dict, graph: GraphSample, deterministic: bool = False,
+        intervene: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample the joint action in DAG order. Returns (actions, dist inputs [B, n, A])."""
-        if graph.empty:
+        """Sample the joint action in DAG order. Returns (actions, dist inputs [B, n, A]).
+
+        When no sampled graph of the batch has an edge (the empty graph, or a learned graph
+        annealed to density 0) every agent is sampled in one batched pass: that is the cost of
+        decentralised execution. Only sampling takes this shortcut; the learner's
+        ``conditional_logits`` keeps the straight-through path through the edge mask.
+
+        ``intervene = (mask [B, n], actions)`` is Pearl's do(a_K): the masked agents' actions
+        are fixed to ``actions`` (same shape as the joint action) instead of sampled, and are
+        written into the parents' code, so their children in the sampled DAG condition on them.
+        Their returned dist inputs are their own policy's, unused by the caller."""
+        if graph.empty or not bool(graph.adjacency.detach().any()):
             dummy = self.head.empty_actions(obs["alive"].shape, obs["alive"].device)
             params = self.conditional_logits(obs, dummy, graph)
-            return self.head.dead_action(self.head.sample(params, deterministic), obs["alive"]), params
+            actions = self.head.dead_action(self.head.sample(params, deterministic), obs["alive"])
+            return _do(actions, intervene), params
 
         base = self._actor_base(obs["obs"])
         b = base.shape[0]
@@ -124,6 +145,8 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
             out = self.actor(torch.cat([base[rows, i], parents], dim=-1))
             p = self.head.dist_inputs(out, obs["action_mask"][rows, i])
             a = self.head.dead_action(self.head.sample(p, deterministic), obs["alive"][rows, i])
+            if intervene is not None:  # do(a_i): the fixed action, not the sampled one
+                a = _do(a, (intervene[0][rows, i], intervene[1][rows, i]))
             actions[rows, i] = a
             code[rows, i] = self.head.encode(a, base.dtype)
             params[rows, i] = p

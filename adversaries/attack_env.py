@@ -1,0 +1,181 @@
+"""The attack env: the victim team's env with the frozen victims folded in (Gleave et al. 2020).
+
+An RLlib MultiAgentEnv with ONE agent, ``attacker``. Each step (ATTACK_API.md):
+
+1. the attacker acts first, for the attacked agents (it does not see this step's victim actions);
+2. the victim team acts with do(a_attacked): the attacked agents' actions are fixed to the
+   attacker's and a Bayesian-network victim samples the others in its DAG order, so the
+   attacked agents' children condition on them (DESIGN.md, "BN victims");
+3. the team env steps; the attacker is paid r_adv = −r_team (zero-sum, Gleave et al. 2020).
+
+Threat models: ``takeover`` (the attacker's action replaces the agent's at every step),
+``partial_control`` (with probability ε per step), ``observation`` (no attacker action: a
+white-box ``perturb`` changes the attacked agents' observations before the victims act).
+A step with no attacker action (``action_dict`` without ``attacker``) is a clean step: the
+paired clean episodes of the evaluation run through this same code.
+
+The env holds the victims as ``BlackBoxVictim``s: an ``act`` callable, never a module.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from ray.rllib.env.multi_agent_env import MultiAgentEnv
+
+from adversaries.base import ATTACKER
+from adversaries.victims import BlackBoxVictim, frozen_teams, load_victim_checkpoint
+from envs.adapter import TeamEnv
+
+
+@functools.cache
+def _victim(checkpoint: str):
+    """One loaded copy per process, shared by the vectorised envs of an EnvRunner."""
+    return load_victim_checkpoint(Path(checkpoint))
+
+
+class AttackEnv(MultiAgentEnv):
+    """``config`` keys: ``env`` (the team env's config: import, kwargs, teams), ``team``
+    (the victim team), ``checkpoint`` (the victim), ``attacked`` (list of ids or None =
+    one drawn per episode), ``threat_model``, ``budget``, ``deterministic`` (victims take
+    their most likely actions), ``seed``."""
+
+    def __init__(self, config: dict | None = None, perturb: Callable | None = None):
+        super().__init__()
+        c = dict(config or {})
+        self.env = TeamEnv(c["env"])
+        self.team = c["team"]
+        self.spec = self.env.specs[self.team]
+        self.threat_model = c.get("threat_model", "takeover")
+        self.budget = c.get("budget")
+        self.fixed_attacked = c.get("attacked")
+        self.perturb = perturb  # observation threat model: white-box, evaluation only
+        victim = _victim(str(c["checkpoint"]))
+        self.victims = {
+            t: BlackBoxVictim(f) for t, f in frozen_teams(victim, self.env, bool(c.get("deterministic"))).items()
+        }
+        self.rng = np.random.default_rng(c.get("seed", 0))
+        self.k = 1 if self.fixed_attacked is None else len(self.fixed_attacked)
+        self.n = self.spec.n_agents
+        team_space = self.env.action_spaces[self.team]
+        self.team_space = team_space
+        self.possible_agents = [ATTACKER]
+        self.agents = [ATTACKER]
+        self.observation_spaces = {ATTACKER: self._obs_space()}
+        self.action_spaces = {ATTACKER: self._action_space(team_space)}
+        self.attacked: list[int] = list(self.fixed_attacked or [0])
+        self._team_obs: dict[str, dict[str, np.ndarray]] = {}
+        self._prev = self._zero_joint()
+        self.last_joint: np.ndarray | None = None  # the executed joint action of the last step
+        self.last_perturbed: dict[str, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------- spaces
+    def _obs_space(self) -> gym.spaces.Dict:
+        s, k, n = self.spec, self.k, self.n
+        inf = np.float32(np.inf)
+        box = functools.partial(gym.spaces.Box, dtype=np.float32)
+        if s.continuous:
+            prev = box(-inf, inf, (n, self.team_space.shape[-1]))
+        else:
+            prev = gym.spaces.Box(0, s.n_actions - 1, (n,), np.int64)
+        return gym.spaces.Dict({
+            "obs": box(-inf, inf, (k, s.obs_dim)),
+            "state": box(-inf, inf, (s.state_dim,)),
+            "action_mask": box(0.0, 1.0, (k, s.n_actions)),
+            "alive": box(0.0, 1.0, (k,)),
+            "prev_joint_action": prev,
+            "joint_action_mask": box(0.0, 1.0, (n, s.n_actions)),
+            "attacked": box(0.0, 1.0, (n,)),
+            "victim_visible": box(0.0, 1.0, (n,)),
+        })
+
+    def _action_space(self, team_space: gym.Space) -> gym.Space:
+        if isinstance(team_space, gym.spaces.MultiDiscrete):
+            return gym.spaces.MultiDiscrete([int(team_space.nvec.max())] * self.k)
+        ids = self.fixed_attacked
+        if ids is None:  # any agent may be drawn: the widest bounds (each agent's are clipped)
+            low, high = team_space.low.min(0, keepdims=True), team_space.high.max(0, keepdims=True)
+        else:
+            low, high = team_space.low[ids], team_space.high[ids]
+        return gym.spaces.Box(low, high, dtype=np.float32)
+
+    def _zero_joint(self) -> np.ndarray:
+        if self.spec.continuous:
+            return np.zeros((self.n, self.team_space.shape[-1]), np.float32)
+        return np.zeros(self.n, np.int64)
+
+    # -------------------------------------------------------------- observation
+    def _attacker_obs(self) -> dict[str, np.ndarray]:
+        o = self._team_obs[self.team]
+        ids = self.attacked
+        marks = np.zeros(self.n, np.float32)
+        marks[ids] = 1.0
+        return {
+            "obs": o["obs"][ids],
+            "state": o["state"],
+            "action_mask": o["action_mask"][ids],
+            "alive": o["alive"][ids],
+            "prev_joint_action": self._prev.copy(),
+            "joint_action_mask": o["action_mask"],
+            "attacked": marks,
+            # No env of the suite reports sight yet: every victim counts (AMI's MPE case).
+            "victim_visible": np.ones(self.n, np.float32),
+        }
+
+    # ---------------------------------------------------------------------- API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:  # the episode seed decides the attacked agent: paired episodes
+            self.rng = np.random.default_rng(seed)
+        if self.fixed_attacked is None:
+            self.attacked = [int(self.rng.integers(self.n))]
+        obs, infos = self.env.reset(seed=seed, options=options)
+        self._team_obs = obs
+        self._prev = self._zero_joint()
+        return {ATTACKER: self._attacker_obs()}, {ATTACKER: dict(infos.get(self.team, {}))}
+
+    def step(self, action_dict: dict[str, Any]):
+        attack = action_dict.get(ATTACKER)
+        team_obs = self._team_obs[self.team]
+        intervention = None
+        self.last_perturbed = None
+        if self.threat_model == "observation" and self.perturb is not None:
+            team_obs = self.perturb(team_obs, list(self.attacked))
+            self.last_perturbed = team_obs
+        elif attack is not None:
+            attack = np.asarray(attack)
+            if self.spec.continuous:  # each agent's own bounds
+                lo, hi = self.team_space.low[self.attacked], self.team_space.high[self.attacked]
+                attack = np.clip(attack.reshape(self.k, -1), lo, hi)
+            take = np.ones(self.k, bool)
+            if self.threat_model == "partial_control":  # with probability ε per step
+                take = self.rng.random(self.k) < float(self.budget)
+            intervention = {i: attack[j] for j, i in enumerate(self.attacked) if take[j]}
+        actions = {
+            t: v.act(team_obs if t == self.team else self._team_obs[t], intervention if t == self.team else None)
+            for t, v in self.victims.items()
+        }
+        obs, rew, term, trunc, infos = self.env.step(actions)
+        self._team_obs = obs
+        self.last_joint = actions[self.team]
+        self._prev = np.asarray(actions[self.team], self._prev.dtype).reshape(self._prev.shape)
+        r_team = float(rew[self.team])
+        info = {"team_reward": r_team, **infos.get(self.team, {})}
+        done_term, done_trunc = bool(term["__all__"]), bool(trunc["__all__"])
+        return (
+            {ATTACKER: self._attacker_obs()},
+            {ATTACKER: -r_team},  # r_adv = −r_team (Gleave et al. 2020)
+            {ATTACKER: done_term, "__all__": done_term},
+            {ATTACKER: done_trunc, "__all__": done_trunc},
+            {ATTACKER: info},
+        )
+
+    def render(self):
+        return self.env.env.render()
+
+    def close(self):
+        self.env.close()

@@ -1,0 +1,244 @@
+"""Attack configs: composed with OmegaConf and validated with pydantic exactly as
+``marl.config`` does (its helpers), then checked against the victim before anything is created.
+
+Composition, lowest priority first: ``configs/attack/base.yaml`` (every default, commented),
+the optional attack config file (with its ``defaults:``), ``key=value`` overrides, and the
+command line's VICTIM and ``--adversary``. The attacker's model/algo/runners/train sections
+reuse ``marl.config``'s schemas, so the Trainer drives an attack like any run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from pydantic import ValidationError
+
+from adversaries.base import AdversaryPlugin, AttackContext
+from adversaries.registry import get_plugin
+from adversaries.victims import VictimCheckpoint, load_victim_checkpoint, trained_team
+from marl.config import (
+    CONFIG_DIR,
+    AlgoConfig,
+    EnvConfig,
+    ModelConfig,
+    NonNegInt,
+    PosInt,
+    RunnersConfig,
+    Strict,
+    TrainConfig,
+    build_env,
+    compose,
+    format_error,
+    merge_layers,
+    parse_overrides,
+    read_yaml,
+)
+from marl.errors import ConfigError, UserError
+
+ATTACK_BASE = CONFIG_DIR / "attack" / "base.yaml"
+
+
+class VictimConfig(Strict):
+    checkpoint: str
+    team: str | None
+    deterministic: bool
+
+
+class AdversaryConfig(Strict):
+    name: str
+    agents: list[NonNegInt] | Literal["random"]
+    budget: float | None
+    params: dict[str, Any]
+
+
+class EvalConfig(Strict):
+    episodes: PosInt
+    seed: NonNegInt
+    gif: bool
+
+
+class AttackConfig(Strict):
+    kind: Literal["attack"]
+    name: str
+    seed: NonNegInt
+    output_dir: str
+    victim: VictimConfig
+    env: EnvConfig | None
+    adversary: AdversaryConfig
+    eval: EvalConfig
+    model: ModelConfig
+    algo: AlgoConfig
+    runners: RunnersConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json")
+
+
+@dataclass
+class AttackSetup:
+    """A validated attack: the resolved config, the plugin (class, params, context) and the
+    victim checkpoint."""
+
+    cfg: AttackConfig
+    plugin_cls: type[AdversaryPlugin]
+    params: pydantic.BaseModel
+    ctx: AttackContext
+    victim: VictimCheckpoint
+
+    def plugin(self) -> AdversaryPlugin:
+        return self.plugin_cls(self.params, self.ctx)
+
+    def env_config(self) -> dict[str, Any]:
+        """The AttackEnv's config (what RLlib's EnvRunners build it from)."""
+        c = self.cfg
+        return {
+            "env": c.to_dict()["env"],
+            "team": c.victim.team,
+            "checkpoint": c.victim.checkpoint,
+            "attacked": self.ctx.attacked,
+            "threat_model": self.plugin_cls.threat_model,
+            "budget": c.adversary.budget,
+            "deterministic": c.victim.deterministic,
+            "seed": c.seed,
+        }
+
+
+def _validate(merged: dict[str, Any], where: str = "") -> AttackConfig:
+    try:
+        return AttackConfig.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(where + format_error(e.errors()[0], AttackConfig)) from None
+
+
+def load_attack_config(
+    path: str | Path | None, overrides: list[str], victim: str | None = None, adversary: str | None = None
+) -> AttackSetup:
+    layers = [read_yaml(ATTACK_BASE)]
+    if path:
+        layers += compose(Path(path))
+    layers.append(parse_overrides(overrides))
+    cli: dict[str, Any] = {}
+    if victim is not None:
+        cli["victim"] = {"checkpoint": victim}
+    if adversary is not None:
+        cli["adversary"] = {"name": adversary}
+    layers.append(cli)
+    merged = merge_layers(layers)
+    if not (merged.get("victim") or {}).get("checkpoint"):
+        raise ConfigError("config key 'victim.checkpoint' is missing: give VICTIM (a checkpoint or run directory)")
+    return resolve(_validate(merged))
+
+
+def attack_config_from_file(path: Path) -> AttackSetup:
+    """A run's resolved config.yaml (for resume); keys added since take their defaults."""
+    cfg = _validate(merge_layers([read_yaml(ATTACK_BASE), read_yaml(path)]), f"{path}: ")
+    return resolve(cfg)
+
+
+def is_attack_run(run_dir: Path) -> bool:
+    """Whether a run directory's config.yaml says it is an attack (``kind: attack``)."""
+    try:
+        data = read_yaml(Path(run_dir) / "config.yaml")
+    except ConfigError:
+        return False
+    return data.get("kind") == "attack"
+
+
+# ---------------------------------------------------------------------- checks
+def _signature(obs_space, act_space) -> tuple:
+    return (obs_space["obs"].shape, obs_space["state"].shape, act_space.shape, tuple(getattr(act_space, "nvec", ())))
+
+
+def resolve(cfg: AttackConfig) -> AttackSetup:
+    """Check the attack against its victim and fill in what the defaults leave open (the
+    checkpoint's path, the team, the env, the budget, the plugin's params). Raises UserError."""
+    plugin_cls = get_plugin(cfg.adversary.name)
+    try:
+        params = plugin_cls.Params.model_validate(cfg.adversary.params)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(["adversary", "params", *(str(p) for p in err["loc"])])
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(plugin_cls.Params.model_fields) or "none"
+            raise ConfigError(f"unknown config key '{key}' for adversary '{plugin_cls.name}'; valid keys: {known}") from None
+        raise ConfigError(f"config key '{key}': {err['msg']} (got {err.get('input')!r})") from None
+
+    victim = load_victim_checkpoint(Path(cfg.victim.checkpoint))
+    env_cfg = cfg.env or victim.cfg.env
+    env = build_env(env_cfg)
+    try:
+        teams = list(env.teams)
+        team = cfg.victim.team or trained_team(victim.cfg, teams)
+        if team not in teams:
+            raise ConfigError(f"config key 'victim.team': the env has no team '{team}' (teams: {', '.join(teams)})")
+        for t in teams:
+            module = victim.modules.get(t)
+            if module is None:
+                raise UserError(f"victim '{victim.ckpt}' has no module for team '{t}' (modules: {sorted(victim.modules)})")
+            got = _signature(module.observation_space, module.action_space)
+            want = _signature(env.observation_spaces[t], env.action_spaces[t])
+            if got != want:
+                raise UserError(
+                    f"victim '{victim.ckpt}': team '{t}' was trained for (observations, state, actions, "
+                    f"action counts) {got}, but the env {env_cfg.import_} gives {want}"
+                )
+        spec = env.specs[team]
+    finally:
+        env.close()
+
+    n = spec.n_agents
+    agents = cfg.adversary.agents
+    if agents != "random":
+        if not agents or len(set(agents)) != len(agents) or max(agents) >= n:
+            raise ConfigError(
+                f"config key 'adversary.agents': {agents} must be distinct agent ids in 0..{n - 1} "
+                f"(team '{team}' has {n} agents), or 'random'"
+            )
+    budget = _check_budget(plugin_cls, cfg.adversary.budget)
+
+    resolved = cfg.model_copy(deep=True)
+    resolved.victim.checkpoint = str(victim.ckpt.resolve())
+    resolved.victim.team = team
+    resolved.env = env_cfg
+    resolved.adversary.budget = budget
+    resolved.adversary.params = params.model_dump(mode="json")
+    ctx = AttackContext(
+        n_agents=n,
+        attacked=None if agents == "random" else list(agents),
+        budget=budget,
+        discrete=not spec.continuous,
+        n_actions=spec.n_actions,
+        action_dim=0 if not spec.continuous else int(victim.modules[team].action_space.shape[-1]),
+        obs_dim=spec.obs_dim,
+        state_dim=spec.state_dim,
+        team=team,
+        env_import=env_cfg.import_,
+        model_config=resolved.model.model_dump(mode="json"),
+    )
+    return AttackSetup(resolved, plugin_cls, params, ctx, victim)
+
+
+# Budget ranges per threat model: lo < budget <= hi, and what the budget is.
+BUDGETS = {
+    "observation": (0.0, math.inf, "ε of the L∞ ball, a finite number > 0"),
+    "partial_control": (0.0, 1.0, "the probability of replacing the agent's action, in (0, 1]"),
+}
+
+
+def _check_budget(plugin_cls: type[AdversaryPlugin], budget: float | None) -> float | None:
+    tm = plugin_cls.threat_model
+    if tm not in BUDGETS:
+        if budget is not None:
+            raise ConfigError(f"config key 'adversary.budget': the {tm} threat model takes no budget (got {budget}); set it to null")
+        return None
+    budget = plugin_cls.default_budget if budget is None else budget
+    lo, hi, what = BUDGETS[tm]
+    if budget is None or not (lo < float(budget) <= hi) or not math.isfinite(float(budget)):
+        raise ConfigError(f"config key 'adversary.budget': {budget} is out of range; expected {what}")
+    return float(budget)
+

@@ -1,0 +1,168 @@
+"""Victim teams: a trained team loaded from a checkpoint, frozen, acting for the attack env.
+
+Black-box is structural (DESIGN.md, "Adversaries"): the frozen modules live in this module's
+private table ``_FROZEN``; a ``BlackBoxVictim`` holds only a handle into it and offers ``act``.
+Walking the attributes of the attack env, a black-box plugin or the attacker's RLlib module
+reaches no victim module, parameter or gradient. Only a ``WhiteBoxVictim`` (handed to
+white-box plugins alone) carries the module itself.
+
+Loading goes through ``load_victim_checkpoint`` alone, so the safe loader
+(``marl.checkpoints.load_checkpoint``, reading only YAML/JSON and tensors) replaces it in
+one place.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from ray.rllib.utils.spaces.space_utils import unsquash_action
+
+from marl.errors import UserError
+
+
+@dataclass
+class VictimCheckpoint:
+    ckpt: Path  # the checkpoint directory (a run directory resolves to its latest)
+    cfg: Any  # the victim run's marl Config
+    modules: dict[str, torch.nn.Module]  # team -> frozen module (eval mode, no grads)
+
+
+def load_victim_checkpoint(path: Path) -> VictimCheckpoint:
+    """The ONE place a victim checkpoint is read. Until the safe loader lands, RLlib's
+    ``RLModule.from_checkpoint`` (which unpickles) is used; swap for
+    ``marl.checkpoints.load_checkpoint`` here."""
+    from marl.config import config_from_file
+    from marl.evaluate import load_team_modules, resolve_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"victim '{path}' does not exist (expected a checkpoint or run directory)")
+    ckpt = resolve_checkpoint(path)
+    cfg = config_from_file(ckpt / "config.yaml")
+    modules = load_team_modules(ckpt)
+    for module in modules.values():
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return VictimCheckpoint(ckpt, cfg, modules)
+
+
+def trained_team(cfg: Any, teams: list[str]) -> str:
+    """The victim team by default: the checkpoint's (only) trained team."""
+    roles = {t: (cfg.teams[t].role if t in cfg.teams else "train") for t in teams}
+    trained = [t for t in teams if roles[t] == "train"]
+    return trained[0] if len(trained) == 1 else teams[0]
+
+
+# ------------------------------------------------------------------------ acting
+def squash(action: np.ndarray, space: gym.spaces.Box) -> np.ndarray:
+    """The inverse of RLlib's ``unsquash_action``: env bounds -> the policy's [-1, 1]."""
+    if np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high)):
+        return (2.0 * (action - space.low) / (space.high - space.low) - 1.0).astype(np.float32)
+    return action.astype(np.float32)
+
+
+def _graph(module, obs: dict[str, torch.Tensor], deterministic: bool):
+    """The DAG the module samples with (a learned one with fresh Gumbel noise, or none)."""
+    if getattr(module, "learns_graph", False):
+        noise = module.graph.sample_noise(obs["obs"].shape[0], obs["obs"].device)
+        if deterministic:
+            noise = {k: torch.zeros_like(v) for k, v in noise.items()}
+        return module.graph(obs["obs"], noise)
+    return module.graph(obs["obs"])
+
+
+class FrozenTeam:
+    """A frozen module and its team's action space: joint actions in the env's units."""
+
+    def __init__(self, module, action_space: gym.Space, deterministic: bool):
+        self.module, self.space, self.deterministic = module, action_space, deterministic
+        self.discrete = isinstance(action_space, gym.spaces.MultiDiscrete)
+
+    @torch.no_grad()
+    def act(self, team_obs: dict[str, np.ndarray], intervention: dict[int, Any] | None = None) -> np.ndarray:
+        obs = {k: torch.as_tensor(v).unsqueeze(0) for k, v in team_obs.items()}
+        if not hasattr(self.module, "sample_joint"):  # a scripted team: its own rule
+            from ray.rllib.core.columns import Columns
+
+            return np.asarray(self.module.forward_inference({Columns.OBS: obs})[Columns.ACTIONS][0])
+        do = None
+        if intervention:
+            n = obs["alive"].shape[1]
+            mask = torch.zeros(1, n, dtype=torch.bool)
+            fixed = self.module.head.empty_actions((1, n), "cpu")
+            for i, a in intervention.items():
+                mask[0, i] = True
+                a = np.asarray(a)
+                if not self.discrete:  # the module conditions on actions in its own units
+                    a = squash(a, gym.spaces.Box(self.space.low[i], self.space.high[i]))
+                fixed[0, i] = torch.as_tensor(a)
+            do = (mask, fixed)
+        graph = _graph(self.module, obs, self.deterministic)
+        actions, _ = self.module.sample_joint(obs, graph, self.deterministic, intervene=do)
+        joint = actions[0].numpy()
+        if self.discrete:
+            return joint.astype(np.int64)
+        # As RLlib's EnvRunners do: the policy's [-1, 1] onto the env's bounds (clipped).
+        out = unsquash_action(joint, self.space)
+        for i, a in (intervention or {}).items():  # the fixed actions are executed as given
+            out[i] = np.asarray(a, np.float32)
+        return out
+
+
+_FROZEN: dict[int, FrozenTeam] = {}
+_handles = itertools.count()
+
+
+class BlackBoxVictim:
+    """``act`` and nothing else: the victim's module stays in ``_FROZEN``."""
+
+    __slots__ = ("_handle",)
+
+    def __init__(self, team: FrozenTeam):
+        self._handle = next(_handles)
+        _FROZEN[self._handle] = team
+
+    def act(self, team_obs: dict[str, np.ndarray], intervention: dict[int, Any] | None = None) -> np.ndarray:
+        """The team's joint action (env units) for one step; ``intervention`` = do(a_K):
+        {agent id: its fixed action}, conditioned on by its children in the victim's DAG."""
+        return _FROZEN[self._handle].act(team_obs, intervention)
+
+    __call__ = act
+
+    def __del__(self):
+        _FROZEN.pop(self._handle, None)
+
+
+class WhiteBoxVictim:
+    """The victim's module itself, for white-box plugins only (obs_pgd): differentiable
+    distribution inputs of each agent's policy."""
+
+    def __init__(self, team: FrozenTeam):
+        self._team = team
+        self.module = team.module
+        self.discrete = team.discrete
+
+    def act(self, team_obs: dict[str, np.ndarray], intervention: dict[int, Any] | None = None) -> np.ndarray:
+        return self._team.act(team_obs, intervention)
+
+    def joint_sample(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        """A clean joint action [B, n(,k)] (module units) and the graph it was sampled on."""
+        with torch.no_grad():
+            graph = _graph(self.module, obs, self._team.deterministic)
+            actions, _ = self.module.sample_joint(obs, graph, self._team.deterministic)
+        return actions, graph
+
+    def policy_params(self, obs: dict[str, torch.Tensor], actions: torch.Tensor, graph) -> torch.Tensor:
+        """π_i(· | o_i, a_Pa(i)) dist inputs [B, n, A], differentiable w.r.t. ``obs['obs']``."""
+        return self.module.conditional_logits(obs, actions, graph)
+
+
+def frozen_teams(victim: VictimCheckpoint, env, deterministic: bool) -> dict[str, FrozenTeam]:
+    return {t: FrozenTeam(victim.modules[t], env.action_spaces[t], deterministic) for t in env.teams}

@@ -420,3 +420,113 @@ def test_shaper_state_round_trips():
     assert fresh.reward_rms.state_dict() == shaper.reward_rms.state_dict()
     sa, sb = shaper.maa_optimizer.state_dict(), fresh.maa_optimizer.state_dict()
     assert torch.equal(sa["state"][0]["exp_avg"], sb["state"][0]["exp_avg"])
+
+
+# ----------------------------------------------------------------------------- in RLlib
+class CopyingTeamEnv:
+    """A constructed attack env (one RLlib agent, "attacker", with the attacker observation of
+    ATTACK_API.md): the victims take, at t, the adversary's action of t−1; the attacker is
+    paid 1 per victim taking action 0."""
+
+    horizon = 8
+
+    @staticmethod
+    def make(config=None):
+        from ray.rllib.env.multi_agent_env import MultiAgentEnv
+
+        class _Env(MultiAgentEnv):
+            def __init__(self, config=None):
+                super().__init__()
+                self.possible_agents = self.agents = ["attacker"]
+                self.observation_spaces = {"attacker": attacker_space()}
+                self.action_spaces = {"attacker": gym.spaces.MultiDiscrete([A])}
+                self.rng = np.random.default_rng(0)
+
+            def _obs(self):
+                attacked = np.zeros(N, np.float32)
+                attacked[ADV] = 1.0
+                return {"attacker": {
+                    "obs": self.rng.normal(size=(1, D)).astype(np.float32),
+                    "state": self.rng.normal(size=S).astype(np.float32),
+                    "action_mask": np.ones((1, A), np.float32),
+                    "alive": np.ones(1, np.float32),
+                    "prev_joint_action": self.prev.copy(),
+                    "joint_action_mask": np.ones((N, A), np.float32),
+                    "attacked": attacked,
+                    "victim_visible": np.ones(N, np.float32),
+                }}
+
+            def reset(self, *, seed=None, options=None):
+                self.t, self.prev, self.adv_prev = 0, np.zeros(N, np.int64), 0
+                return self._obs(), {}
+
+            def step(self, action_dict):
+                a = int(np.asarray(action_dict["attacker"]).reshape(-1)[0])
+                joint = np.full(N, self.adv_prev, np.int64)
+                joint[ADV] = a
+                self.prev, self.adv_prev, self.t = joint, a, self.t + 1
+                r = float((joint[np.arange(N) != ADV] == 0).sum())
+                done = self.t >= CopyingTeamEnv.horizon
+                return (self._obs(), {"attacker": r}, {"attacker": done, "__all__": done},
+                        {"attacker": False, "__all__": False}, {})
+
+        return _Env(config)
+
+
+@pytest.mark.slow
+def test_ami_learner_in_rllib_shapes_rewards_and_checkpoints(tmp_path):
+    import ray
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+    from ray.tune.registry import register_env
+
+    from adversaries.ami.learner import AMILearner
+
+    register_env("ami_copying_team", CopyingTeamEnv.make)
+    spec = RLModuleSpec(
+        module_class=JointPolicyModule,
+        model_config={"hidden": 16, "layers": 1, "graph": {"mode": "empty"}},
+    )
+    config = (
+        PPOConfig()
+        .environment("ami_copying_team")
+        .framework("torch")
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=1, rollout_fragment_length="auto")
+        .learners(num_learners=0, learner_class=AMILearner)
+        .multi_agent(policies={"attacker"}, policy_mapping_fn=lambda aid, *a, **k: "attacker")
+        .rl_module(rl_module_spec=MultiRLModuleSpec(rl_module_specs={"attacker": spec}))
+        .training(
+            train_batch_size=64, minibatch_size=64, num_epochs=1, use_kl_loss=False,
+            learner_config_dict={"ami": {"influence_samples": 3, "maa_lr": 1e-3}},
+        )
+        .debugging(seed=0, log_level="ERROR")
+    )
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        algo = config.build_algo()
+        learner = algo.learner_group._learner
+        names = [type(c).__name__ for c in learner._learner_connector.connectors]
+        assert names.index("AMIRewardShaping") == names.index("TeamGAE") - 1
+        losses = []
+        for _ in range(3):
+            result = algo.train()
+            stats = result["learners"]["attacker"]
+            losses.append(stats["ami/maa_loss"])
+            assert np.isfinite(stats["ami/influence_mean"])
+        assert losses[-1] < losses[0]  # the MAA learns the victims' copying
+        algo.save_to_path(str(tmp_path / "ckpt"))
+        saved = {k: v.clone() for k, v in learner.ami["attacker"].maa.state_dict().items()}
+        rms = learner.ami["attacker"].reward_rms.state_dict()
+        algo.stop()
+
+        restored = config.build_algo()
+        restored.restore_from_path(str(tmp_path / "ckpt"))
+        shaper = restored.learner_group._learner.ami["attacker"]
+        for k, v in shaper.maa.state_dict().items():
+            assert torch.equal(v, saved[k])
+        assert shaper.reward_rms.state_dict() == rms
+        assert shaper.maa_optimizer.state_dict()["state"]  # Adam moments came back
+        restored.stop()
+    finally:
+        ray.shutdown()

@@ -169,5 +169,5 @@ def train_oracle(
         policy_loss.backward()
         nn.utils.clip_grad_norm_(oracle.policy.parameters(), grad_clip)
         policy_optimizer.step()
-        stats = {"oracle_policy_loss": float(policy_loss), "oracle_critic_loss": float(critic_loss)}
+        stats = {"oracle_policy_loss": policy_loss.item(), "oracle_critic_loss": critic_loss.item()}
     return stats

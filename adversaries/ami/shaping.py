@@ -71,6 +71,19 @@ class AMIShaper:
         inputs = inputs[seq.rows]  # [C, L, k·P]
         return inputs.reshape(*inputs.shape[:2], k, -1)
 
+    @staticmethod
+    def env_units(module, mean: torch.Tensor, std: torch.Tensor):
+        """The attacker's Gaussian in the env's action units, where the executed joint actions
+        live: RLlib (normalize_actions, its default) maps the module's [-1, 1] actions affinely
+        onto the action space's bounds (the final clip to the bounds is not modelled)."""
+        space = getattr(module, "action_space", None)
+        if not isinstance(space, gym.spaces.Box) or not np.all(np.isfinite(space.low)):
+            return mean, std
+        low = torch.as_tensor(space.low, dtype=mean.dtype, device=mean.device)
+        high = torch.as_tensor(space.high, dtype=mean.dtype, device=mean.device)
+        half = (high - low).reshape(mean.shape[-2:]) / 2
+        return low.reshape(mean.shape[-2:]) + (mean + 1) * half, std * half
+
     def influence_and_reward(
         self, module, batch: dict[str, Any], seq: JointSequences, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,9 +96,9 @@ class AMIShaper:
             )
             return influence, shaped_reward_discrete(seq.reward, influence, p.influence_coeff)
         c = policy.shape[-1] // 2
+        mean, std = self.env_units(module, policy[..., :c], policy[..., c:].exp())
         likelihood = target_likelihood(
-            self.maa, seq, policy[..., :c], policy[..., c:].exp(), targets,
-            samples=p.influence_samples,
+            self.maa, seq, mean, std, targets, samples=p.influence_samples
         )
         return likelihood, shaped_reward_continuous(seq.reward, likelihood, p.likelihood_coeff)
 

@@ -83,6 +83,16 @@ def shift_one_step_earlier(adv: torch.Tensor, valid: torch.Tensor) -> torch.Tens
     return out * valid
 
 
+def clipped_surrogate_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, weight: torch.Tensor, clip: float
+) -> torch.Tensor:
+    """−E[min(ρ·A, clip(ρ, 1−ε, 1+ε)·A)], ρ = π/π_old (Schulman et al. 2017, eq. 7), a
+    weighted mean; no entropy term (the authors' oracle)."""
+    ratio = torch.exp(logp - old_logp)
+    surrogate = torch.min(ratio * adv, torch.clamp(ratio, 1 - clip, 1 + clip) * adv)
+    return -(surrogate * weight).sum() / weight.sum().clamp(min=1.0)
+
+
 class TargetedOracle(nn.Module):
     def __init__(
         self,
@@ -122,6 +132,22 @@ class TargetedOracle(nn.Module):
             tp.mul_(1.0 - tau).add_(tau * p)
 
 
+def oracle_advantage(
+    oracle: TargetedOracle, seq: JointSequences, rewards: torch.Tensor, *, gamma: float, nstep: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(TD error [C, L] of the oracle's own critic, differentiable in the critic; the oracle's
+    advantage [C, L], that error shifted one step earlier, since the target at t is about
+    step t+1). Returns are n-step, bootstrapped from the target critic."""
+    with torch.no_grad():
+        v_tgt, v_tgt_final = oracle.values(oracle.target_critic, seq)
+        returns = nstep_returns(
+            rewards, v_tgt, v_tgt_final * seq.bootstrap, seq.valid, gamma=gamma, nstep=nstep
+        )
+    v, _ = oracle.values(oracle.critic, seq)
+    td = (returns - v) * seq.valid
+    return td, shift_one_step_earlier(td.detach(), seq.valid)
+
+
 def train_oracle(
     oracle: TargetedOracle,
     policy_optimizer: torch.optim.Optimizer,
@@ -143,14 +169,7 @@ def train_oracle(
     weight = valid.unsqueeze(-1) * (1.0 - seq.attacked)  # victims' targets at real steps
     stats: dict[str, float] = {}
     for _ in range(epochs):
-        # Own critic: n-step returns from the target critic, squared TD error.
-        with torch.no_grad():
-            v_tgt, v_tgt_final = oracle.values(oracle.target_critic, seq)
-            returns = nstep_returns(
-                rewards, v_tgt, v_tgt_final * seq.bootstrap, valid, gamma=gamma, nstep=nstep
-            )
-        v, _ = oracle.values(oracle.critic, seq)
-        td = (returns - v) * valid
+        td, adv = oracle_advantage(oracle, seq, rewards, gamma=gamma, nstep=nstep)
         critic_loss = (td**2).sum() / n_valid
         critic_optimizer.zero_grad()
         critic_loss.backward()
@@ -158,13 +177,9 @@ def train_oracle(
         critic_optimizer.step()
         oracle.soft_update(tau)
 
-        # PPO-clip on the targets (Schulman et al. 2017, eq. 7), no entropy term, with the
-        # advantage shifted one step earlier: the target at t is about step t+1.
-        adv = shift_one_step_earlier(td.detach(), valid).unsqueeze(-1)  # [C, L, 1]
+        # PPO-clip on the targets with the shifted advantage, no entropy term.
         logp = oracle.policy.log_prob(oracle.policy.sequence_dist(seq), targets)
-        ratio = torch.exp(logp - old_logp)
-        surrogate = torch.min(ratio * adv, torch.clamp(ratio, 1 - clip, 1 + clip) * adv)
-        policy_loss = -(surrogate * weight).sum() / weight.sum().clamp(min=1.0)
+        policy_loss = clipped_surrogate_loss(logp, old_logp, adv.unsqueeze(-1), weight, clip)
         policy_optimizer.zero_grad()
         policy_loss.backward()
         nn.utils.clip_grad_norm_(oracle.policy.parameters(), grad_clip)

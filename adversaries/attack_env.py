@@ -50,7 +50,7 @@ class AttackEnv(MultiAgentEnv):
         c = dict(config or {})
         self.env = TeamEnv(c["env"])
         self.team = c["team"]
-        self.spec = self.env.specs[self.team]
+        self.team_spec = self.env.specs[self.team]
         self.threat_model = c.get("threat_model", "takeover")
         self.budget = c.get("budget")
         self.fixed_attacked = c.get("attacked")
@@ -61,7 +61,7 @@ class AttackEnv(MultiAgentEnv):
         }
         self.rng = np.random.default_rng(c.get("seed", 0))
         self.k = 1 if self.fixed_attacked is None else len(self.fixed_attacked)
-        self.n = self.spec.n_agents
+        self.n = self.team_spec.n_agents
         team_space = self.env.action_spaces[self.team]
         self.team_space = team_space
         self.possible_agents = [ATTACKER]
@@ -76,7 +76,7 @@ class AttackEnv(MultiAgentEnv):
 
     # ------------------------------------------------------------------- spaces
     def _obs_space(self) -> gym.spaces.Dict:
-        s, k, n = self.spec, self.k, self.n
+        s, k, n = self.team_spec, self.k, self.n
         inf = np.float32(np.inf)
         box = functools.partial(gym.spaces.Box, dtype=np.float32)
         if s.continuous:
@@ -105,7 +105,7 @@ class AttackEnv(MultiAgentEnv):
         return gym.spaces.Box(low, high, dtype=np.float32)
 
     def _zero_joint(self) -> np.ndarray:
-        if self.spec.continuous:
+        if self.team_spec.continuous:
             return np.zeros((self.n, self.team_space.shape[-1]), np.float32)
         return np.zeros(self.n, np.int64)
 
@@ -148,7 +148,7 @@ class AttackEnv(MultiAgentEnv):
             self.last_perturbed = team_obs
         elif attack is not None:
             attack = np.asarray(attack)
-            if self.spec.continuous:  # each agent's own bounds
+            if self.team_spec.continuous:  # each agent's own bounds
                 lo, hi = self.team_space.low[self.attacked], self.team_space.high[self.attacked]
                 attack = np.clip(attack.reshape(self.k, -1), lo, hi)
             take = np.ones(self.k, bool)

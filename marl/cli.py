@@ -1,4 +1,4 @@
-"""Command line: ``run.py train | resume | evaluate``.
+"""Command line: ``run.py train | resume | evaluate | attack``.
 
 Bad input ends a command with exit code 2 and one ``error: ...`` line on stderr, before
 anything is created. A diverged run ends with exit code 1 and keeps its last checkpoint.
@@ -43,6 +43,19 @@ def _parser() -> argparse.ArgumentParser:
         "--decentralized", action="store_true",
         help="force the empty graph: each agent acts on its own observation only",
     )
+
+    a = sub.add_parser(
+        "attack",
+        help="train an attacker against a trained team (if the adversary trains), then evaluate "
+        "clean vs attacked on paired seeds; prints the run directory last",
+    )
+    a.add_argument("victim", help="the victim: a checkpoint or a run directory (its latest)")
+    a.add_argument("--adversary", required=True, help="a registered adversary, e.g. random, gleave, obs_pgd, ami")
+    a.add_argument(
+        "rest", nargs="*", metavar="[CONFIG] [key=value ...]",
+        help="attack YAML config (defaults: configs/attack/base.yaml) and dotted overrides, "
+        "e.g. adversary.agents=[1] seed=1",
+    )
     return p
 
 
@@ -66,11 +79,31 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_resume(args) -> int:
+    from adversaries.config import is_attack_run
+
+    if is_attack_run(args.run_dir):  # config.yaml says `kind: attack`
+        from adversaries.run import load_attack_run, resume_attack
+
+        load_attack_run(args.run_dir)  # validate before Ray starts
+        print(resume_attack(args.run_dir))
+        return 0
     from marl.train import load_run, resume
 
     load_run(args.run_dir)  # validate before Ray starts
     run_dir = resume(args.run_dir)
     print(run_dir)
+    return 0
+
+
+def _cmd_attack(args) -> int:
+    from adversaries.config import load_attack_config
+
+    rest = [*args.rest, *args.extra]  # positionals after --adversary arrive as extras
+    config, overrides = _split_train_args(rest[0] if rest else None, rest[1:])
+    setup = load_attack_config(config, overrides, victim=args.victim, adversary=args.adversary)
+    from adversaries.run import attack
+
+    print(attack(setup))
     return 0
 
 
@@ -91,14 +124,20 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "resume": _cmd_resume, "evaluate": _cmd_evaluate}
+COMMANDS = {"train": _cmd_train, "resume": _cmd_resume, "evaluate": _cmd_evaluate, "attack": _cmd_attack}
 
 
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     logging.getLogger("ray").setLevel(logging.ERROR)
     try:
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        args, extra = parser.parse_known_args(argv)
+        # argparse matches positionals once, before an option: `attack VICTIM --adversary X
+        # CONFIG k=v` leaves CONFIG and k=v as extras, which only `attack` takes.
+        if extra and (args.command != "attack" or any(x.startswith("-") for x in extra)):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.extra = extra
         return COMMANDS[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -270,7 +270,7 @@ def _merge(layers: list[dict[str, Any]]) -> dict[str, Any]:
         merged = OmegaConf.create({})
         for layer in layers:
             env = layer.get("env")
-            previous = merged.env.get("import") if "env" in merged else None
+            previous = merged.env.get("import") if merged.get("env") else None
             if isinstance(env, dict) and previous is not None and env.get("import", previous) != previous:
                 merged.env.kwargs = {}
             merged = OmegaConf.merge(merged, OmegaConf.create(layer))

@@ -496,7 +496,7 @@ class CopyingTeamEnv:
 
 
 @pytest.mark.slow
-def test_ami_learner_in_rllib_shapes_rewards_and_checkpoints(tmp_path):
+def test_ami_learner_in_rllib_shapes_rewards_before_gae():
     import ray
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
@@ -537,18 +537,60 @@ def test_ami_learner_in_rllib_shapes_rewards_and_checkpoints(tmp_path):
             losses.append(stats["ami/maa_loss"])
             assert np.isfinite(stats["ami/influence_mean"])
         assert losses[-1] < losses[0]  # the MAA learns the victims' copying
-        algo.save_to_path(str(tmp_path / "ckpt"))
-        saved = {k: v.clone() for k, v in learner.ami["attacker"].maa.state_dict().items()}
-        rms = learner.ami["attacker"].reward_rms.state_dict()
         algo.stop()
-
-        restored = config.build_algo()
-        restored.restore_from_path(str(tmp_path / "ckpt"))
-        shaper = restored.learner_group._learner.ami["attacker"]
-        for k, v in shaper.maa.state_dict().items():
-            assert torch.equal(v, saved[k])
-        assert shaper.reward_rms.state_dict() == rms
-        assert shaper.maa_optimizer.state_dict()["state"]  # Adam moments came back
-        restored.stop()
     finally:
         ray.shutdown()
+
+
+@pytest.mark.slow
+def test_run_py_attack_with_ami_end_to_end_and_resume(tmp_path, capsys):
+    """`run.py attack VICTIM --adversary ami` on a tiny MAPPO victim (simple_spread), then
+    `run.py resume` from the first checkpoint, which restores the MAA and the oracle."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from marl.cli import main
+    from marl.config import load_config
+    from marl.train import train
+
+    root = Path(__file__).resolve().parent.parent
+    tiny = ["algo.train_batch_size=400", "algo.minibatch_size=200", "algo.num_epochs=1",
+            "runners.num_envs_per_env_runner=4", "train.progress=log"]
+    victim = train(load_config(root / "configs/mappo_simple_spread.yaml",
+                               [*tiny, "train.total_env_steps=400", f"output_dir={tmp_path / 'v'}"]))
+    code = main(["attack", str(victim), "--adversary", "ami", *tiny, "train.total_env_steps=800",
+                 "train.checkpoint_every=1", "eval.episodes=2", "eval.gif=false",
+                 "adversary.params.influence_samples=2", f"output_dir={tmp_path / 'a'}"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    run_dir = Path(out.strip().splitlines()[-1])
+    result = json.loads((run_dir / "attack_eval.json").read_text())
+    adversary = result["adversary"]
+    assert adversary["name"] == "ami" and adversary["white_box"] is False
+    assert adversary["params"]["influence_coeff"] == 0.1 and adversary["params"]["influence_samples"] == 2
+    assert result["attack_env_steps"] == 800
+
+    # The run's checkpoint carries AMI's state: the reward statistics saw the first 400 steps.
+    from adversaries.config import load_attack_config
+    from adversaries.run import attack_algorithm_config
+
+    setup = load_attack_config(None, [*tiny, "adversary.params.influence_samples=2"],
+                               victim=str(victim), adversary="ami")
+    algo = attack_algorithm_config(setup).build_algo()
+    try:
+        shaper = algo.learner_group._learner.ami["attacker"]
+        assert shaper.reward_rms.count < 1
+        algo.restore_from_path(str(run_dir / "checkpoints" / "iter_000001"))
+        assert shaper.reward_rms.count == pytest.approx(400, abs=1)
+        assert shaper.maa_optimizer.state_dict()["state"]
+    finally:
+        algo.stop()
+
+    shutil.rmtree(run_dir / "checkpoints" / "iter_000002")
+    (run_dir / "attack_eval.json").unlink()
+    code = main(["resume", str(run_dir)])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2] and rows[-1]["env_steps"] == 800

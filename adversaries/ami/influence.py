@@ -14,7 +14,9 @@ adversary's CURRENT policy, lies from the oracle's target. We follow the code (D
 
 The adversary's slot is replaced at every step of the sequence, so the MAA's GRU runs along
 the counterfactual history, as in the authors' code. s_t depends on the adversary's policy,
-not on the action it took.
+not on the action it took. Without sight information, the authors' code counts every agent
+but agent 0 (it zeroes slot 0, not the adversary's); we count every victim and never the
+adversary, as DESIGN.md states it.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ The MAA, the oracle, their optimizers and the running reward statistics belong t
 (``self.ami``, one ``AMIShaper`` per attacker module) and travel in its checkpoints under the
 ``ami`` component of ``get_state``/``set_state``, so ``run.py resume`` continues them.
 The learner only ever sees the attacker's own batches: no victim module or parameter.
+With several learners (``num_learners`` > 1) each would train its own MAA and oracle on its
+shard of the batch; the project runs one local learner.
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ cross-entropy for discrete actions), the attacker's own slots masked out, ``maa_
 passes over each batch with Adam.
 
 The same network, with its own weights, is the targeted oracle (``oracle.py``).
+
+Two details of the authors' SMAC code we do not copy: it feeds the MAA's softmax
+probabilities to ``cross_entropy`` (which expects logits, so it applies a second softmax), and
+it can add an entropy regulariser to the MAA loss (its coefficient's default is not in the
+sources we read). We take the cross-entropy on the logits, without the regulariser.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from adversaries.base import AdversaryPlugin, AttackContext
 from adversaries.registry import get_plugin
-from adversaries.victims import VictimCheckpoint, load_victim_checkpoint, trained_team
+from adversaries.victims import load_victim_checkpoint, trained_team
+from marl.checkpoints import TeamCheckpoint, space_signature
 from marl.config import (
     CONFIG_DIR,
     AlgoConfig,
@@ -88,7 +89,7 @@ class AttackSetup:
     plugin_cls: type[AdversaryPlugin]
     params: pydantic.BaseModel
     ctx: AttackContext
-    victim: VictimCheckpoint
+    victim: TeamCheckpoint
 
     def plugin(self) -> AdversaryPlugin:
         return self.plugin_cls(self.params, self.ctx)
@@ -150,10 +151,6 @@ def is_attack_run(run_dir: Path) -> bool:
 
 
 # ---------------------------------------------------------------------- checks
-def _signature(obs_space, act_space) -> tuple:
-    return (obs_space["obs"].shape, obs_space["state"].shape, act_space.shape, tuple(getattr(act_space, "nvec", ())))
-
-
 def resolve(cfg: AttackConfig) -> AttackSetup:
     """Check the attack against its victim and fill in what the defaults leave open (the
     checkpoint's path, the team, the env, the budget, the plugin's params). Raises UserError."""
@@ -180,12 +177,12 @@ def resolve(cfg: AttackConfig) -> AttackSetup:
             module = victim.modules.get(t)
             if module is None:
                 raise UserError(f"victim '{victim.ckpt}' has no module for team '{t}' (modules: {sorted(victim.modules)})")
-            got = _signature(module.observation_space, module.action_space)
-            want = _signature(env.observation_spaces[t], env.action_spaces[t])
+            got = (space_signature(victim.observation_spaces[t]), space_signature(victim.action_spaces[t]))
+            want = (space_signature(env.observation_spaces[t]), space_signature(env.action_spaces[t]))
             if got != want:
                 raise UserError(
-                    f"victim '{victim.ckpt}': team '{t}' was trained for (observations, state, actions, "
-                    f"action counts) {got}, but the env {env_cfg.import_} gives {want}"
+                    f"victim '{victim.ckpt}': team '{t}' was trained for observations {got[0]} and "
+                    f"actions {got[1]}, but the env {env_cfg.import_} gives {want[0]} and {want[1]}"
                 )
         spec = env.specs[team]
     finally:
@@ -213,7 +210,7 @@ def resolve(cfg: AttackConfig) -> AttackSetup:
         budget=budget,
         discrete=not spec.continuous,
         n_actions=spec.n_actions,
-        action_dim=0 if not spec.continuous else int(victim.modules[team].action_space.shape[-1]),
+        action_dim=0 if not spec.continuous else int(victim.action_spaces[team].shape[-1]),
         obs_dim=spec.obs_dim,
         state_dim=spec.state_dim,
         team=team,

@@ -10,6 +10,7 @@ one agent, ``attacker``. Then clean vs attacked are evaluated on paired seeds
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,13 +22,14 @@ from adversaries.base import ATTACKER
 from adversaries.config import AttackSetup, attack_config_from_file
 from adversaries.evaluation import EVAL_FILE, evaluate_attack
 from marl.algorithms import build_ppo, learner_extras
-from marl.errors import UserError
+from marl.checkpoints import latest_checkpoint
+from marl.errors import BuildFailed, UserError
 from marl.train import (
     RUN_STATE,
     RunState,
     Trainer,
     create_run_dir,
-    latest_checkpoint,
+    describe_build_failure,
     truncate_metrics,
     write_config,
 )
@@ -49,13 +51,19 @@ def attack_algorithm_config(setup: AttackSetup) -> AlgorithmConfig:
 
 
 def _train_and_evaluate(setup: AttackSetup, run_dir: Path, state: RunState | None = None,
-                        resume_from: Path | None = None) -> Path:
+                        resume_from: Path | None = None, fresh: bool = False) -> Path:
     if not setup.plugin_cls.trains:
         evaluate_attack(setup, run_dir)
         return run_dir
     trainer = Trainer(setup.cfg, run_dir, state, build_config=lambda _: attack_algorithm_config(setup))
     try:
-        trainer.build(resume_from=resume_from)
+        try:
+            trainer.build(resume_from=resume_from)
+        except Exception as e:  # as `train`: nothing trained, no new run directory left behind
+            trainer.stop()
+            if fresh:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise BuildFailed(describe_build_failure(setup.cfg, e)) from e
         trainer.run()
         evaluate_attack(setup, run_dir, trainer.algo.get_module(ATTACKER), trainer.state.env_steps)
     finally:
@@ -68,7 +76,7 @@ def attack(setup: AttackSetup) -> Path:
     (run_dir / "plots").mkdir()
     write_config(setup.cfg, run_dir / "config.yaml")
     print(f"run directory: {run_dir}", file=sys.stderr)
-    return _train_and_evaluate(setup, run_dir)
+    return _train_and_evaluate(setup, run_dir, fresh=True)
 
 
 def load_attack_run(run_dir: Path) -> tuple[AttackSetup, Path | None, RunState]:

@@ -6,15 +6,13 @@ Walking the attributes of the attack env, a black-box plugin or the attacker's R
 reaches no victim module, parameter or gradient. Only a ``WhiteBoxVictim`` (handed to
 white-box plugins alone) carries the module itself.
 
-Loading goes through ``load_victim_checkpoint`` alone, so the safe loader
-(``marl.checkpoints.load_checkpoint``, reading only YAML/JSON and tensors) replaces it in
-one place.
+Loading goes through ``load_victim_checkpoint`` alone, on the safe loader
+(``marl.checkpoints.load_checkpoint``: YAML, JSON and safetensors; never a pickle).
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,34 +21,23 @@ import numpy as np
 import torch
 from ray.rllib.utils.spaces.space_utils import unsquash_action
 
+from marl.checkpoints import TeamCheckpoint, load_checkpoint
 from marl.errors import UserError
 
 
-@dataclass
-class VictimCheckpoint:
-    ckpt: Path  # the checkpoint directory (a run directory resolves to its latest)
-    cfg: Any  # the victim run's marl Config
-    modules: dict[str, torch.nn.Module]  # team -> frozen module (eval mode, no grads)
-
-
-def load_victim_checkpoint(path: Path) -> VictimCheckpoint:
-    """The ONE place a victim checkpoint is read. Until the safe loader lands, RLlib's
-    ``RLModule.from_checkpoint`` (which unpickles) is used; swap for
-    ``marl.checkpoints.load_checkpoint`` here."""
-    from marl.config import config_from_file
-    from marl.evaluate import load_team_modules, resolve_checkpoint
-
+def load_victim_checkpoint(path: Path) -> TeamCheckpoint:
+    """The ONE place a victim checkpoint is read: ``marl.checkpoints.load_checkpoint``, which
+    reads YAML, JSON and safetensors only (never a pickle). The modules come back frozen:
+    eval mode, no gradients."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"victim '{path}' does not exist (expected a checkpoint or run directory)")
-    ckpt = resolve_checkpoint(path)
-    cfg = config_from_file(ckpt / "config.yaml")
-    modules = load_team_modules(ckpt)
-    for module in modules.values():
+    victim = load_checkpoint(path)
+    for module in victim.modules.values():
         module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
-    return VictimCheckpoint(ckpt, cfg, modules)
+    return victim
 
 
 def trained_team(cfg: Any, teams: list[str]) -> str:
@@ -164,5 +151,5 @@ class WhiteBoxVictim:
         return self.module.conditional_logits(obs, actions, graph)
 
 
-def frozen_teams(victim: VictimCheckpoint, env, deterministic: bool) -> dict[str, FrozenTeam]:
+def frozen_teams(victim: TeamCheckpoint, env, deterministic: bool) -> dict[str, FrozenTeam]:
     return {t: FrozenTeam(victim.modules[t], env.action_spaces[t], deterministic) for t in env.teams}

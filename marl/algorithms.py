@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -17,10 +16,12 @@ from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.utils.from_config import NotProvided
 
 from envs.adapter import TeamEnv
 from marl.callbacks import WinRateCallback
-from marl.config import Config, EnvConfig, TeamRole, build_env, frozen_module_dir
+from marl.checkpoints import MODULE_CLASSES, frozen_source, load_frozen_teams
+from marl.config import Config, EnvConfig, TeamRole, build_env
 from marl.learners import JointPPOLearner
 from marl.modules import JointPolicyModule
 from marl.modules.scripted import ScriptedTeamModule
@@ -45,17 +46,15 @@ def _team_names(env_json: str) -> tuple[str, ...]:
 
 
 def team_spec(cfg: Config, team: str) -> RLModuleSpec:
-    """A trained team gets the config's model; a frozen one its checkpoint's module (weights
-    loaded by RLlib at build); a scripted one a parameter-free rule."""
+    """A trained team gets the config's model; a frozen one its checkpoint's module class and
+    model_config, read from the safe description (its weights are set after the build by
+    ``frozen_weights``); a scripted one a parameter-free rule."""
     role = cfg.teams.get(team, TeamRole())
     if role.role == "frozen":
-        module_dir = frozen_module_dir(team, role)
-        ctor = pickle.loads((module_dir / "class_and_ctor_args.pkl").read_bytes())
-        model_config = ctor["ctor_args_and_kwargs"][1]["model_config"]
-        return RLModuleSpec(
-            module_class=JointPolicyModule, model_config=model_config,
-            load_state_path=str(module_dir.resolve()),
-        )
+        source, name = frozen_source(team, role)
+        module = source.modules[name]
+        cls = MODULE_CLASSES[type(module).__name__]
+        return RLModuleSpec(module_class=cls, model_config=dict(module.model_config))
     if role.role == "scripted":
         return RLModuleSpec(module_class=ScriptedTeamModule, model_config={"policy": role.policy})
     return RLModuleSpec(module_class=JointPolicyModule, model_config=cfg.model.model_dump(mode="json"))
@@ -63,6 +62,18 @@ def team_spec(cfg: Config, team: str) -> RLModuleSpec:
 
 def module_spec(cfg: Config) -> MultiRLModuleSpec:
     return MultiRLModuleSpec(rl_module_specs={team: team_spec(cfg, team) for team in team_names(cfg)})
+
+
+def frozen_weights(cfg: Config) -> Callable | None:
+    """An ``on_algorithm_init`` callback that loads each frozen team's safe weights into the
+    Learner and the EnvRunners (RLlib's ``load_state_path`` would unpickle them)."""
+    sources = {}
+    for team in team_names(cfg):
+        role = cfg.teams.get(team, TeamRole())
+        if role.role == "frozen":
+            source, name = frozen_source(team, role)
+            sources[team] = (str(source.ckpt.resolve()), name)
+    return functools.partial(load_frozen_teams, sources) if sources else None
 
 
 def trained_teams(cfg: Config) -> list[str]:
@@ -79,6 +90,7 @@ def build_mappo(cfg: Config) -> AlgorithmConfig:
         policies=set(team_names(cfg)),
         policies_to_train=trained_teams(cfg),
         learner_config=learner_extras(cfg),
+        on_algorithm_init=frozen_weights(cfg),
     )
 
 
@@ -92,6 +104,7 @@ def build_ppo(
     policies_to_train: list[str],
     learner_class: type = JointPPOLearner,
     learner_config: dict[str, Any] | None = None,
+    on_algorithm_init: Callable | None = None,
 ) -> AlgorithmConfig:
     """PPOConfig from a config's ``algo``, ``runners`` and ``seed`` sections; each RLlib agent
     maps to the module of its own name. Shared by team training and attacker training."""
@@ -133,7 +146,7 @@ def build_ppo(
             kl_coeff=0.0,
             learner_config_dict=learner_config or {},
         )
-        .callbacks(WinRateCallback)
+        .callbacks(WinRateCallback, on_algorithm_init=on_algorithm_init or NotProvided)
         .debugging(seed=cfg.seed, log_level="ERROR")
         .reporting(metrics_num_episodes_for_smoothing=20)
     )

@@ -14,6 +14,7 @@ message names the key or file and what was expected; the CLI prints it as one ``
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -170,7 +171,7 @@ class TeamRole(Strict):
 
 
 class Config(Strict):
-    name: str
+    name: str | None
     seed: NonNegInt
     output_dir: str
     env: EnvConfig
@@ -180,8 +181,32 @@ class Config(Strict):
     runners: RunnersConfig
     train: TrainConfig
 
+    @model_validator(mode="after")
+    def _default_name(self) -> Config:
+        if not self.name:
+            self.name = default_run_name(self)
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
+
+
+def default_run_name(cfg: Config) -> str:
+    """<algorithm>[-<graph mode>]-<env>: mappo (empty graph), ippo (per-agent critics) or
+    bn_mappo with its graph mode; the env from its import path (version suffix dropped) and
+    its scenario or map where the kwargs name one."""
+    graph = cfg.model.graph.mode
+    if graph != "empty":
+        algo = f"bn_{cfg.algo.name}-{graph}"
+    else:
+        algo = "ippo" if cfg.model.critic == "decentralized" else cfg.algo.name
+    path = cfg.env.import_.partition(":")
+    env = (path[2] or path[0].rsplit(".", 1)[-1]).removesuffix("_env")
+    env = re.sub(r"_v\d+$", "", env)
+    for key in ("scenario", "map_name", "agent_conf"):
+        if isinstance(cfg.env.kwargs.get(key), str | int):
+            env += f"_{cfg.env.kwargs[key]}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{algo}-{env}")
 
 
 # ------------------------------------------------------------------------------ loading
@@ -345,42 +370,16 @@ def config_from_file(path: Path) -> Config:
     return config
 
 
-def frozen_module_dir(team: str, role: TeamRole) -> Path:
-    """The module directory of a frozen team's checkpoint, or a ConfigError. The module is
-    ``role.module``, else the one named like the team, else the checkpoint's only one."""
-    from marl.train import latest_checkpoint
-
-    key = f"config key 'teams.{team}"
-    path = Path(role.checkpoint)
-    ckpt = path if (path / "learner_group").is_dir() else (latest_checkpoint(path) if path.is_dir() else None)
-    if ckpt is None:
-        raise ConfigError(f"{key}.checkpoint': '{path}' does not exist or holds no checkpoint")
-    root = ckpt / "learner_group" / "learner" / "rl_module"
-    modules = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    name = role.module or (team if team in modules else modules[0] if len(modules) == 1 else None)
-    if name is None or name not in modules:
-        raise ConfigError(f"{key}.module': checkpoint '{ckpt}' has modules {modules}; name one of them")
-    return root / name
-
-
 def _check_frozen_team(team: str, role: TeamRole, env) -> None:
-    """The frozen module must fit this env's team: same observation and action shapes."""
-    import pickle
+    """The frozen module, read from its checkpoint's safe weights (marl/checkpoints.py, never
+    a pickle), must fit this env's team: same observation and action shapes."""
+    from marl.checkpoints import check_team_fits, frozen_source
 
-    module_dir = frozen_module_dir(team, role)
-    ctor = pickle.loads((module_dir / "class_and_ctor_args.pkl").read_bytes())
-    kwargs = ctor.get("ctor_args_and_kwargs", ((), {}))[1]
-    obs_space, act_space = kwargs.get("observation_space"), kwargs.get("action_space")
-    want_obs, want_act = env.observation_spaces[team], env.action_spaces[team]
-    def signature(obs, act):
-        return (obs["obs"].shape, obs["state"].shape, act.shape, tuple(getattr(act, "nvec", ())))
-
-    if obs_space is not None and signature(obs_space, act_space) != signature(want_obs, want_act):
-        raise ConfigError(
-            f"config key 'teams.{team}.checkpoint': module '{module_dir.name}' was trained for "
-            f"(observations, state, actions, action counts) {signature(obs_space, act_space)}, but "
-            f"team '{team}' has {signature(want_obs, want_act)}"
-        )
+    source, name = frozen_source(team, role)
+    try:
+        check_team_fits(source, name, env, env_team=team)
+    except ConfigError as e:
+        raise ConfigError(f"config key 'teams.{team}.checkpoint': {e}") from None
 
 
 # Composition helpers shared with other config schemas (adversaries/config.py).

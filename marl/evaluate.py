@@ -1,8 +1,9 @@
 """Evaluate a trained team from a checkpoint.
 
-The team's modules are loaded with RLlib's own ``RLModule.from_checkpoint``; the episodes run
-on the project's env adapter in this process. Returns are team returns (the sum of the agents'
-rewards, summed over time), as in training.
+The checkpoint may come from someone else's run, so its team modules are loaded from the safe
+weights alone (marl/checkpoints.py: YAML, JSON and safetensors; never a pickle). The episodes
+run on the project's env adapter in this process. Returns are team returns (the sum of the
+agents' rewards, summed over time), as in training.
 """
 
 from __future__ import annotations
@@ -13,40 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
-from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.utils.spaces.space_utils import unsquash_action
 
-from marl.config import build_env, config_from_file
+from marl.checkpoints import check_team_fits, load_checkpoint
+from marl.config import build_env
 from marl.errors import UserError
-from marl.train import latest_checkpoint
-
-MODULES_SUBDIR = Path("learner_group") / "learner" / "rl_module"
-
-
-def resolve_checkpoint(path: Path) -> Path:
-    """Accept a checkpoint directory or a run directory (its latest checkpoint)."""
-    if not path.exists():
-        raise UserError(f"checkpoint '{path}' does not exist")
-    if (path / MODULES_SUBDIR).is_dir():
-        return path
-    ckpt = latest_checkpoint(path) if path.is_dir() else None
-    if ckpt is None:
-        raise UserError(
-            f"'{path}' is neither a checkpoint (no {MODULES_SUBDIR}/) nor a run directory with checkpoints"
-        )
-    return ckpt
-
-
-def load_team_modules(ckpt: Path) -> dict[str, RLModule]:
-    root = ckpt / MODULES_SUBDIR
-    modules = {}
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        module = RLModule.from_checkpoint(str(sub.resolve()))
-        module.eval()
-        modules[sub.name] = module
-    if not modules:
-        raise UserError(f"checkpoint '{ckpt}' holds no module under {MODULES_SUBDIR}/")
-    return modules
 
 
 def _batch(obs: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -60,10 +32,14 @@ def evaluate(
     seed: int = 12345,
     decentralized: bool = False,
 ) -> dict[str, Any]:
-    ckpt = resolve_checkpoint(checkpoint)
-    cfg = config_from_file(ckpt / "config.yaml")
-    modules = load_team_modules(ckpt)
-    env = build_env(cfg.env)
+    loaded = load_checkpoint(checkpoint)
+    ckpt, modules = loaded.ckpt, loaded.modules
+    env = build_env(loaded.cfg.env)
+    for team in env.teams:
+        if team not in modules:
+            env.close()
+            raise UserError(f"'{loaded.teams_file}' has no module for team '{team}' of its own env")
+        check_team_fits(loaded, team, env)
     if decentralized:  # Bayesian-network teams executed with the empty graph
         for module in modules.values():
             if hasattr(module, "decentralize"):  # scripted teams have no graph

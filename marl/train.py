@@ -6,7 +6,8 @@ Run directory (DESIGN.md, "Contracts")::
         config.yaml           resolved config
         metrics.jsonl         one JSON object per iteration
         tb/                   TensorBoard events
-        checkpoints/iter_000010/   RLlib checkpoint + run_state.json + rng_state.pkl + config.yaml
+        checkpoints/iter_000010/   RLlib checkpoint + teams/ (safe weights) + run_state.json
+                                   + rng_state.json + config.yaml (see marl/checkpoints.py)
         plots/
 
 A checkpoint is written to a temporary name and renamed into place, so a kill never leaves a
@@ -35,13 +36,20 @@ import numpy as np
 import torch
 import yaml
 
+from marl.checkpoints import (
+    CHECKPOINT_PREFIX,
+    checkpoints,
+    has_team_weights,
+    latest_checkpoint,
+    save_team_weights,
+)
 from marl.config import Config
-from marl.errors import TrainingDiverged, UserError
+from marl.errors import BuildFailed, TrainingDiverged, UserError
 from marl.progress import Progress
 
-CHECKPOINT_PREFIX = "iter_"
 RUN_STATE = "run_state.json"
-RNG_STATE = "rng_state.pkl"
+RNG_STATE = "rng_state.json"
+LEGACY_RNG_STATE = "rng_state.pkl"  # written before rng_state.json; read only on resume of one's own run
 KEEP_CHECKPOINTS = 5
 # Learner metrics copied into metrics.jsonl (and TensorBoard) under the same names.
 LEARNER_KEYS = {
@@ -54,6 +62,7 @@ LEARNER_KEYS = {
     "default_optimizer_learning_rate": "lr",
     "curr_entropy_coeff": "entropy_coeff",
     "dag_density": "dag_density",
+    "dag_mode_share": "dag_mode_share",
     "dag_tau": "dag_tau",
     "dag_alpha": "dag_alpha",
 }
@@ -85,16 +94,6 @@ def write_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def checkpoints(run_dir: Path) -> list[Path]:
-    found = [p for p in (run_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = checkpoints(run_dir)
-    return found[-1] if found else None
-
-
 # ---------------------------------------------------------------------------- seeding
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -103,13 +102,32 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states as plain JSON (no pickle)."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(mt), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
+def read_rng_state(ckpt: Path) -> dict[str, Any]:
+    if (ckpt / RNG_STATE).is_file():
+        return json.loads((ckpt / RNG_STATE).read_text())
+    # A checkpoint of one's own run written before rng_state.json; RLlib's restore of the
+    # same directory unpickles its files anyway.
+    with open(ckpt / LEGACY_RNG_STATE, "rb") as f:
+        state = pickle.load(f)
+    return {"python": list(state["python"]), "numpy": list(state["numpy"]), "torch": state["torch"].tolist()}
 
 
 # ---------------------------------------------------------------------------- trainer
@@ -125,7 +143,8 @@ def init_ray() -> None:
             logging_level=logging.ERROR,
             configure_logging=True,
         )
-    logging.getLogger("ray").setLevel(logging.ERROR)
+    for name in ("ray", "ray.rllib"):  # RLlib sets its own level; keep the terminal quiet
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _finite(x: Any) -> bool:
@@ -172,8 +191,9 @@ class Trainer:
             seed_everything(self.cfg.seed)
         else:
             self.algo.restore_from_path(str(resume_from.resolve()))
-            with open(resume_from / RNG_STATE, "rb") as f:
-                set_rng_state(pickle.load(f))
+            set_rng_state(read_rng_state(resume_from))
+            if not has_team_weights(resume_from):  # written before safe weights existed
+                save_team_weights(self.algo, resume_from)
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.state.iteration + 1)
@@ -284,9 +304,9 @@ class Trainer:
         tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         self.algo.save_to_path(str(tmp.resolve()))
+        save_team_weights(self.algo, tmp)
         (tmp / RUN_STATE).write_text(json.dumps(asdict(self.state)))
-        with open(tmp / RNG_STATE, "wb") as f:
-            pickle.dump(rng_state(), f)
+        (tmp / RNG_STATE).write_text(json.dumps(rng_state()))
         write_config(self.cfg, tmp / "config.yaml")
         if final.exists():
             shutil.rmtree(final)
@@ -307,13 +327,31 @@ def train(cfg: Config) -> Path:
     run_dir = create_run_dir(cfg)
     (run_dir / "plots").mkdir()
     write_config(cfg, run_dir / "config.yaml")
-    print(f"run directory: {run_dir}", file=sys.stderr)
     trainer = Trainer(cfg, run_dir)
     try:
-        trainer.build()
+        try:
+            trainer.build()
+        except Exception as e:  # nothing was trained: leave no run directory behind
+            trainer.stop()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise BuildFailed(describe_build_failure(cfg, e)) from e
+        print(f"run directory: {run_dir}", file=sys.stderr)
         return trainer.run()
     finally:
         trainer.stop()
+
+
+def describe_build_failure(cfg: Config, error: BaseException) -> str:
+    """One line: the env, the check that failed, and the root cause RLlib wrapped."""
+    root = error
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+        root = root.__cause__ or root.__context__
+    first = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), type(error).__name__)
+    check = "RLlib's environment check" if "gymnasium-style API" in str(error) or "check" in first.lower() else "building the algorithm"
+    cause = f"{type(root).__name__}: {str(root).strip().splitlines()[0] if str(root).strip() else ''}"
+    if root is error:
+        cause = f"{type(error).__name__}: {first}"
+    return f"env '{cfg.env.import_}' failed {check}: {cause}; no run directory was kept"
 
 
 def load_run(run_dir: Path) -> tuple[Config, Path]:
@@ -326,9 +364,10 @@ def load_run(run_dir: Path) -> tuple[Config, Path]:
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise UserError(f"run directory '{run_dir}' has no checkpoint under checkpoints/ to resume from")
-    for name in (RUN_STATE, RNG_STATE):
-        if not (ckpt / name).is_file():
-            raise UserError(f"checkpoint '{ckpt}' lacks {name}; it was not written by run.py train")
+    if not (ckpt / RUN_STATE).is_file():
+        raise UserError(f"checkpoint '{ckpt}' lacks {RUN_STATE}; it was not written by run.py train")
+    if not (ckpt / RNG_STATE).is_file() and not (ckpt / LEGACY_RNG_STATE).is_file():
+        raise UserError(f"checkpoint '{ckpt}' lacks {RNG_STATE}; it was not written by run.py train")
     try:
         RunState(**json.loads((ckpt / RUN_STATE).read_text()))
     except (json.JSONDecodeError, TypeError) as e:

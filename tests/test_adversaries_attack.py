@@ -211,3 +211,17 @@ def test_missing_victim_exits_2(capsys, tmp_path):
                             f"output_dir={tmp_path / 'runs'}")
     assert code == 2 and len(err) == 1 and "no_such_run' does not exist" in err[0], err
     assert not (tmp_path / "runs").exists()
+
+
+def test_random_takeover_draws_one_agent_per_episode_from_its_seed(victim):
+    setup = load_attack_config(None, ["adversary.agents=random"], victim=str(victim), adversary="gleave")
+    assert setup.ctx.attacked is None and setup.ctx.k == 1
+    env = AttackEnv(setup.env_config())
+    drawn = []
+    for seed in range(12):
+        obs, _ = env.reset(seed=seed)
+        drawn.append(env.attacked[0])
+        assert obs[ATTACKER]["attacked"].tolist() == [float(i == env.attacked[0]) for i in range(3)]
+        assert np.array_equal(obs[ATTACKER]["obs"][0], env._team_obs["team_0"]["obs"][env.attacked[0]])
+    assert set(drawn) == {0, 1, 2}
+    assert [env.reset(seed=s) and env.attacked[0] for s in range(12)] == drawn  # paired: same seed, same agent

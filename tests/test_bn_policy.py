@@ -178,11 +178,55 @@ def test_annealing_can_be_switched_off():
     assert {s.alpha(i) for i in range(101)} == {0.1}
 
 
+def _most_likely_graph(m, obs):
+    """By hand: the order is the permutation with the highest total score (P maximises
+    <P, scores>), an edge is present where its 'edge' logit beats its 'no edge' logit, and
+    only pairs that the order allows (Pᵀ M P) remain."""
+    import itertools
+
+    n = m.n
+    scores = m.graph.order_scores.detach()
+    best = max(itertools.permutations(range(n)), key=lambda p: float(sum(scores[pos, a] for pos, a in enumerate(p))))
+    rank = {agent: pos for pos, agent in enumerate(best)}
+    logits = m.graph.context(obs["obs"].reshape(obs["obs"].shape[0], -1)).reshape(-1, n, n, 2).detach()
+    edge = (logits[..., 1] > logits[..., 0]).float()
+    allowed = torch.tensor([[float(rank[j] < rank[i]) for i in range(n)] for j in range(n)])
+    order = torch.tensor(best).expand(obs["obs"].shape[0], -1)
+    return edge * allowed, order
+
+
 def test_deterministic_acting_uses_the_most_likely_graph():
+    from marl.graphs import GraphSample
+
     m = make_module(LEARNED)
     scramble(m.graph, 3.0)
-    obs = make_obs(b=16)
+    obs = make_obs(b=64)
+    adjacency, order = _most_likely_graph(m, obs)
+    assert 0 < float(adjacency.mean()) < 1  # a graph with some edges, not all
     with torch.no_grad():
-        a = m.forward_inference({Columns.OBS: obs})[Columns.ACTIONS]
-        b = m.forward_inference({Columns.OBS: obs})[Columns.ACTIONS]
-    assert torch.equal(a, b)
+        out = m.forward_inference({Columns.OBS: obs})
+        expected = m.conditional_logits(obs, out[Columns.ACTIONS], GraphSample(adjacency, order, False))
+        actions, _ = m.sample_joint(obs, GraphSample(adjacency, order, False), deterministic=True)
+    dist = out[Columns.ACTION_DIST_INPUTS].reshape(64, N, A)
+    assert torch.allclose(dist, expected, atol=1e-5)
+    assert torch.equal(out[Columns.ACTIONS], actions)
+    # A different graph (the edges flipped) would have given other distributions.
+    with torch.no_grad():
+        other = m.conditional_logits(obs, out[Columns.ACTIONS], GraphSample(1 - adjacency, order, False))
+    assert not torch.allclose(dist, other, atol=1e-3)
+
+
+def test_a_batch_of_empty_sampled_graphs_is_sampled_in_one_actor_pass():
+    m = make_module(LEARNED)
+    with torch.no_grad():  # annealed: the context network says "no edge" everywhere
+        m.graph.context[-1].bias.view(N, N, 2)[..., 0] = 1e4
+    calls = []
+    m.actor.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        m.forward_exploration({Columns.OBS: make_obs(b=16)})
+    assert len(calls) == 1
+    scramble(m.graph, 3.0)  # edges again: one actor pass per position
+    calls.clear()
+    with torch.no_grad():
+        m.forward_exploration({Columns.OBS: make_obs(b=16)})
+    assert len(calls) == N

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -61,11 +62,26 @@ def test_default_job_is_bn_mappo_with_learned_graph_and_draws_it(trained_run):
     assert {"dag_density", "dag_tau", "dag_alpha", "edge_freq/0->1", "edge_freq/2->0"} <= set(tags)
 
 
-def test_evaluate_decentralized_forces_the_empty_graph(trained_run):
-    proc = run_cli("evaluate", str(trained_run), "--episodes", "2", "--decentralized")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout)
+def test_evaluate_decentralized_forces_the_empty_graph(trained_run, monkeypatch):
+    # Record the graph every acting step of `evaluate` samples with.
+    from marl.evaluate import evaluate
+    from marl.modules.joint_policy import JointPolicyModule
+
+    graphs = []
+    original = JointPolicyModule.sample_joint
+
+    def sample_joint(self, obs, graph, deterministic=False):
+        graphs.append(graph.adjacency.detach().clone())
+        return original(self, obs, graph, deterministic)
+
+    monkeypatch.setattr(JointPolicyModule, "sample_joint", sample_joint)
+    evaluate(trained_run, episodes=1, seed=0)
+    learned = torch.cat(graphs)
+    assert len(graphs) == 25 and float(learned.sum()) > 0  # the trained team uses edges
+    graphs.clear()
+    result = evaluate(trained_run, episodes=2, seed=0, decentralized=True)
     assert result["decentralized"] is True and result["episodes"] == 2
+    assert len(graphs) == 50 and float(torch.cat(graphs).abs().sum()) == 0.0
 
 
 def test_train_writes_the_run_directory(trained_run):
@@ -205,3 +221,16 @@ def test_continuous_actions_train_with_a_learned_graph(tmp_path):
     assert len(rows) == 2 and all(np.isfinite(r["policy_loss"]) for r in rows)
     ev = run_cli("evaluate", str(run_dir), "--episodes", "2", "--decentralized")
     assert ev.returncode == 0, ev.stderr[-2000:]
+
+
+def test_env_that_fails_rllibs_check_at_build_ends_with_one_error_line_and_no_run_dir(tmp_path):
+    proc = run_cli(
+        "train", "configs/mappo_simple_spread.yaml", "env.import=tests.toy_envs:broken_step_env", "env.kwargs={}",
+        f"output_dir={tmp_path}",
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("error: env 'tests.toy_envs:broken_step_env' failed RLlib's environment check")
+    assert "simulator connection lost" in lines[0] and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -579,8 +579,16 @@ def test_run_py_attack_with_ami_end_to_end_and_resume(tmp_path, capsys):
                                victim=str(victim), adversary="ami")
     algo = attack_algorithm_config(setup).build_algo()
     try:
-        shaper = algo.learner_group._learner.ami["attacker"]
+        learner = algo.learner_group._learner
+        shaper = learner.ami["attacker"]
         assert shaper.reward_rms.count < 1
+        # Black-box: neither the plugin nor AMI's models nor the attacker reach the victim.
+        from adversaries.attack_env import _victim
+        from tests.test_adversaries_attack import reachable, victim_hits
+
+        victims = list(_victim(setup.cfg.victim.checkpoint).modules.values())
+        roots = (setup.plugin(), learner.ami, learner.module["attacker"], learner._learner_connector)
+        assert victim_hits(reachable(*roots), victims) == []
         algo.restore_from_path(str(run_dir / "checkpoints" / "iter_000001"))
         assert shaper.reward_rms.count == pytest.approx(400, abs=1)
         assert shaper.maa_optimizer.state_dict()["state"]

@@ -166,6 +166,7 @@ def test_frozen_team_from_a_planted_checkpoint_uses_the_safe_weights_everywhere(
             for k in want
         )
 
+    ray.shutdown()  # an earlier in-process test may have left this process's Ray running
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         algo = build_algorithm_config(cfg).build_algo()

@@ -505,7 +505,6 @@ def test_ami_learner_in_rllib_shapes_rewards_before_gae():
 
     from adversaries.ami.learner import AMILearner
 
-    register_env("ami_copying_team", CopyingTeamEnv.make)
     spec = RLModuleSpec(
         module_class=JointPolicyModule,
         model_config={"hidden": 16, "layers": 1, "graph": {"mode": "empty"}},
@@ -526,6 +525,7 @@ def test_ami_learner_in_rllib_shapes_rewards_before_gae():
     )
     ray.shutdown()  # an earlier in-process test may have left this process's Ray running
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    register_env("ami_copying_team", CopyingTeamEnv.make)  # after init: a new Ray has no registry
     try:
         algo = config.build_algo()
         learner = algo.learner_group._learner

@@ -22,9 +22,9 @@ class ValueNorm(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints written before per-column updates hold one shared debias term.
-        key = prefix + "debias"
-        if key in state_dict and state_dict[key].numel() == 1 != self.debias.numel():
-            state_dict[key] = state_dict[key].expand_as(self.debias).clone()
+        key = prefix + "debias"  # a tensor, or a NumPy array when RLlib syncs EnvRunners
+        if key in state_dict and torch.as_tensor(state_dict[key]).numel() == 1 != self.debias.numel():
+            state_dict[key] = torch.as_tensor(state_dict[key]).reshape(1).expand_as(self.debias).clone()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _moments(self) -> tuple[torch.Tensor, torch.Tensor]:

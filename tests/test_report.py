@@ -1,0 +1,104 @@
+"""`run.py report`: attack runs grouped by victim and attack over seeds, statistics across
+seeds, tables before pictures, white-box labels, and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adversaries.report import write_report
+from marl.errors import UserError
+
+VICTIM = "/runs/mappo-smax_3m-1/checkpoints/iter_000250"
+
+
+def fake_run(root: Path, name: str, adversary: str, seed: int, clean: float, attacked: float,
+             white_box: bool = False, budget=None, curve=None, wins=None, gif=False) -> Path:
+    """An attack run directory as `run.py attack` leaves it (the files the report reads)."""
+    d = root / name
+    (d / "plots").mkdir(parents=True)
+    ev = {
+        "victim": {"checkpoint": VICTIM, "env": {"import": "envs.smax"}, "team": "team_0"},
+        "adversary": {"name": adversary, "threat_model": "observation" if white_box else "takeover",
+                      "white_box": white_box, "agents": [0], "budget": budget, "params": {}},
+        "seed": seed, "attack_env_steps": 1000 if curve else 0, "episodes": 4,
+        "episode_seeds": [100, 101, 102, 103],
+        "clean": {"returns": [clean] * 4, "return_mean": clean},
+        "attacked": {"returns": [attacked] * 4, "return_mean": attacked},
+        "action_histogram": {"attacker": [1, 2, 3], "replaced_agent_clean": [3, 2, 1]},
+    }
+    if wins is not None:
+        ev["clean"]["win_rate"], ev["attacked"]["win_rate"] = wins
+    if gif:
+        for kind in ("clean", "attacked"):
+            (d / "plots" / f"episode_{kind}.gif").write_bytes(b"GIF89a")
+        ev["gifs"] = ["plots/episode_clean.gif", "plots/episode_attacked.gif"]
+    (d / "attack_eval.json").write_text(json.dumps(ev))
+    rows = [{"iteration": i + 1, "env_steps": s, "episode_return_mean": r} for i, (s, r) in enumerate(curve or [])]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "attacks"
+    gleave = [(10.0, 4.0), (10.0, 6.0), (12.0, 2.0)]
+    for s, (c, a) in enumerate(gleave):
+        fake_run(root, f"gleave-{s}", "gleave", s, c, a, curve=[(500, -9.0 + s), (1000, -5.0 + s)],
+                 wins=(0.9, 0.3 + 0.1 * s), gif=(s == 0))
+    fake_run(root, "pgd-0", "obs_pgd", 0, 10.0, 9.0, white_box=True, budget=0.2, wins=(0.9, 0.8))
+    return root
+
+
+def test_report_groups_seeds_and_gives_bootstrap_cis_across_them(runs, tmp_path):
+    out = tmp_path / "report"
+    report = write_report([runs], out)  # a folder of attack runs is searched one level down
+    (victim,) = report["victims"].values()
+    gleave, pgd = victim["attacks"]  # sorted by adversary name
+    assert gleave["adversary"] == "gleave" and gleave["seeds"] == [0, 1, 2]
+    assert gleave["return_attacked"]["mean"] == pytest.approx(4.0)
+    lo, hi = gleave["return_attacked"]["ci95"]
+    assert 2.0 <= lo < 4.0 < hi <= 6.0  # a percentile bootstrap of (4, 6, 2) stays inside them
+    assert gleave["drop"]["mean"] == pytest.approx(np.mean([6.0, 4.0, 10.0]))
+    # Relative drop paired per seed: mean of (c − a)/|c| = (0.6, 0.4, 10/12).
+    assert gleave["relative_drop"]["mean"] == pytest.approx(np.mean([0.6, 0.4, 10 / 12]))
+    assert gleave["win_rate_attacked"]["mean"] == pytest.approx(0.4)
+    assert pgd["white_box"] and pgd["return_attacked"] == {"mean": 9.0, "n": 1, "ci95": None}
+    assert gleave["action_histogram"]["attacker"] == [3, 6, 9]
+
+
+def test_report_markdown_puts_tables_first_and_labels_white_box(runs, tmp_path):
+    out = tmp_path / "report"
+    write_report([runs], out)
+    md = (out / "report.md").read_text()
+    table, pictures = md.index("| attack |"), md.index("![")
+    assert table < pictures
+    assert "obs_pgd **(white-box)**, ε=0.2" in md and "| gleave |" in md
+    assert "4.00 [" in md  # attacked return with its CI
+    for link in re.findall(r"^!\[[^\]]*\]\(([^)]+)\)$", md, flags=re.M):
+        assert (out / link).is_file(), link  # every picture the report shows is in it
+    assert (out / "mappo-smax_3m-1_curves.png").is_file() and (out / "mappo-smax_3m-1_win_rate.png").is_file()
+    assert "clean episode (seed 100)" in md and "attacked episode (seed 100)" in md
+
+
+def test_report_bad_input(runs, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="is not an attack run and holds none"):
+        write_report([tmp_path / "empty"], tmp_path / "r1")
+    with pytest.raises(UserError, match="does not exist"):
+        write_report([tmp_path / "nope"], tmp_path / "r2")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not an empty directory"):
+        write_report([runs], taken)
+    assert sorted(p.name for p in taken.iterdir()) == ["keep.txt"]
+    broken = runs / "gleave-0" / "attack_eval.json"
+    broken.write_text("{")
+    with pytest.raises(UserError, match="is not a valid attack evaluation"):
+        write_report([runs], tmp_path / "r3")
+    assert not (tmp_path / "r3").exists()

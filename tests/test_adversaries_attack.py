@@ -185,7 +185,7 @@ def test_obs_pgd_is_labelled_white_box(victim, capsys, tmp_path):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--adversary", "nope"], "unknown adversary 'nope'; registered: gleave, obs_pgd, random"),
+        (["--adversary", "nope"], "unknown adversary 'nope'; registered: ami, gleave, obs_pgd, random"),
         (["--adversary", "gleave", "adversary.agents=[3]"], "'adversary.agents': [3] must be distinct agent ids in 0..2"),
         (["--adversary", "gleave", "adversary.agents=[1,1]"], "must be distinct agent ids"),
         (["--adversary", "gleave", "env={import: mpe2.simple_spread_v3, kwargs: {N: 4}}"], "was trained for"),

@@ -27,6 +27,16 @@ EVAL = ["eval.episodes=3", "eval.gif=false"]
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _own_ray():
+    """The attacks run in this process; leave no Ray instance behind for other modules."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def victim(tmp_path_factory):
     from marl.config import load_config

@@ -182,6 +182,19 @@ def _weights_file(team: str, index: int) -> str:
     return f"{team}.safetensors" if _SAFE_NAME.match(team) else f"team_{index}.safetensors"
 
 
+def _learner_state_dicts(algo) -> dict[str, dict[str, torch.Tensor]]:
+    """Each module's state_dict as the (first) Learner holds it, as torch tensors: RLlib's
+    ``get_weights`` goes through NumPy and turns 0-d float32 buffers into float64 scalars."""
+
+    def read(learner) -> dict[str, dict[str, torch.Tensor]]:
+        return {
+            mid: {k: v.detach().cpu().clone() for k, v in learner.module[mid].state_dict().items()}
+            for mid in learner.module.keys()
+        }
+
+    return next(iter(algo.learner_group.foreach_learner(read))).get()
+
+
 def save_team_weights(algo, ckpt_dir: Path) -> None:
     """Write every team module of ``algo`` under ``ckpt_dir/teams/``: its full state_dict as
     safetensors, and the description needed to rebuild it without pickle. The learner's copy
@@ -192,14 +205,14 @@ def save_team_weights(algo, ckpt_dir: Path) -> None:
     tmp = ckpt_dir / f".tmp-{TEAMS_DIR}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    weights = algo.learner_group.get_weights()
+    weights = _learner_state_dicts(algo)
     teams: dict[str, Any] = {}
     for index, team in enumerate(sorted(weights)):
         module = algo.get_module(team)  # an EnvRunner's copy: same class, config and spaces
         name = next((n for n, cls in MODULE_CLASSES.items() if type(module) is cls), None)
         if name is None:
             raise TypeError(f"module '{team}' is a {type(module).__name__}, not in MODULE_CLASSES")
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).clone() for k, v in weights[team].items()}
+        tensors = {k: v.contiguous() for k, v in weights[team].items()}
         file = _weights_file(team, index)
         save_file(tensors, str(tmp / file), metadata={"format": FORMAT, "team": team})
         teams[team] = {

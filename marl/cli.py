@@ -1,4 +1,4 @@
-"""Command line: ``run.py train | resume | evaluate | attack``.
+"""Command line: ``run.py train | resume | evaluate | attack | report``.
 
 Bad input ends a command with exit code 2 and one ``error: ...`` line on stderr, before
 anything is created. A diverged run ends with exit code 1 and keeps its last checkpoint.
@@ -56,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
         help="attack YAML config (defaults: configs/attack/base.yaml) and dotted overrides, "
         "e.g. adversary.agents=[1] seed=1",
     )
+
+    rp = sub.add_parser(
+        "report",
+        help="turn attack runs (grouped by victim and attack over seeds) into report.md, "
+        "report.json and PNGs",
+    )
+    rp.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
+                    help="attack run directories, or folders that hold them")
+    rp.add_argument("--out", type=Path, help="a new or empty directory (default: runs/report-<time>)")
     return p
 
 
@@ -124,7 +133,19 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "resume": _cmd_resume, "evaluate": _cmd_evaluate, "attack": _cmd_attack}
+def _cmd_report(args) -> int:
+    from adversaries.report import default_out_dir, write_report
+
+    out = args.out or default_out_dir()
+    write_report(args.run_dirs, out)
+    print(out / "report.md")
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train, "resume": _cmd_resume, "evaluate": _cmd_evaluate, "attack": _cmd_attack,
+    "report": _cmd_report,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

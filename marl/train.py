@@ -154,6 +154,14 @@ def _finite(x: Any) -> bool:
         return True
 
 
+def _is_number(x: Any) -> bool:
+    try:
+        float(x)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
 def _num(x: Any) -> float | None:
     try:
         v = float(x)
@@ -261,7 +269,13 @@ class Trainer:
                 if src in stats:
                     self._nonfinite |= not _finite(stats[src])
                     row[prefix + dst] = _num(stats[src])
-            self._tb_extra.update({prefix + k: _num(v) for k, v in stats.items() if k.startswith("edge_freq/")})
+            for key, value in stats.items():
+                if key.startswith("edge_freq/"):  # n(n-1) of them: TensorBoard only
+                    self._tb_extra[prefix + key] = _num(value)
+                elif "/" in key and _is_number(value):
+                    # Namespaced metrics of auxiliary learners (e.g. an attack's "ami/maa_loss").
+                    self._nonfinite |= not _finite(value)
+                    row[prefix + key] = _num(value)
         return row
 
     def _healthy(self, row: dict[str, Any]) -> bool:

@@ -524,6 +524,7 @@ def test_ami_learner_in_rllib_shapes_rewards_before_gae():
         )
         .debugging(seed=0, log_level="ERROR")
     )
+    ray.shutdown()  # an earlier in-process test may have left this process's Ray running
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         algo = config.build_algo()

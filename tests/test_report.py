@@ -102,3 +102,16 @@ def test_report_bad_input(runs, tmp_path):
     with pytest.raises(UserError, match="is not a valid attack evaluation"):
         write_report([runs], tmp_path / "r3")
     assert not (tmp_path / "r3").exists()
+
+
+def test_run_py_report_command(runs, tmp_path, capsys):
+    from marl.cli import main
+
+    out = tmp_path / "rep"
+    assert main(["report", str(runs / "gleave-0"), str(runs / "gleave-1"), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out / "report.md")
+    (victim,) = __import__("json").loads((out / "report.json").read_text())["victims"].values()
+    assert victim["attacks"][0]["seeds"] == [0, 1]
+    assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "rep2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: run directory") and not (tmp_path / "rep2").exists()

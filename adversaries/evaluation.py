@@ -178,8 +178,9 @@ def _gifs(setup: AttackSetup, plugin, policy, seed: int, run_dir: Path) -> list[
     """GIFs of the first seed, clean and attacked, where the env renders rgb_array (MPE)."""
     try:
         env = make_env(setup, plugin, render=True)
-        frame = env.reset(seed=seed) and env.render()
-    except Exception:  # the env takes no render_mode or cannot render here: no GIF
+        env.reset(seed=seed)
+        frame = env.render()
+    except Exception:  # noqa: BLE001 - an env without render_mode="rgb_array" (or a display): no GIF
         return []
     if not isinstance(frame, np.ndarray):
         env.close()

@@ -71,26 +71,28 @@ class FrozenTeam:
     def __init__(self, module, action_space: gym.Space, deterministic: bool):
         self.module, self.space, self.deterministic = module, action_space, deterministic
         self.discrete = isinstance(action_space, gym.spaces.MultiDiscrete)
+        self.scripted = not hasattr(module, "sample_joint")
+        if not self.discrete:
+            self._box = [gym.spaces.Box(lo, hi) for lo, hi in zip(action_space.low, action_space.high, strict=True)]
 
-    @torch.no_grad()
+    def _intervention(self, intervention: dict[int, Any], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """do(a_K) as (mask [1, n], actions [1, n(, k)]) in the module's units."""
+        mask = np.zeros((1, n), bool)
+        fixed = np.zeros((1, n), np.int64) if self.discrete else np.zeros((1, n, self.space.shape[-1]), np.float32)
+        for i, a in intervention.items():
+            mask[0, i] = True
+            # A continuous module conditions on actions in its own units ([-1, 1]).
+            fixed[0, i] = a if self.discrete else squash(np.asarray(a, np.float32), self._box[i])
+        return torch.from_numpy(mask), torch.from_numpy(fixed)
+
+    @torch.inference_mode()
     def act(self, team_obs: dict[str, np.ndarray], intervention: dict[int, Any] | None = None) -> np.ndarray:
-        obs = {k: torch.as_tensor(v).unsqueeze(0) for k, v in team_obs.items()}
-        if not hasattr(self.module, "sample_joint"):  # a scripted team: its own rule
+        obs = {k: torch.from_numpy(np.asarray(v)).unsqueeze(0) for k, v in team_obs.items()}
+        if self.scripted:  # a scripted team: its own rule
             from ray.rllib.core.columns import Columns
 
             return np.asarray(self.module.forward_inference({Columns.OBS: obs})[Columns.ACTIONS][0])
-        do = None
-        if intervention:
-            n = obs["alive"].shape[1]
-            mask = torch.zeros(1, n, dtype=torch.bool)
-            fixed = self.module.head.empty_actions((1, n), "cpu")
-            for i, a in intervention.items():
-                mask[0, i] = True
-                a = np.asarray(a)
-                if not self.discrete:  # the module conditions on actions in its own units
-                    a = squash(a, gym.spaces.Box(self.space.low[i], self.space.high[i]))
-                fixed[0, i] = torch.as_tensor(a)
-            do = (mask, fixed)
+        do = self._intervention(intervention, obs["alive"].shape[1]) if intervention else None
         graph = _graph(self.module, obs, self.deterministic)
         actions, _ = self.module.sample_joint(obs, graph, self.deterministic, intervene=do)
         joint = actions[0].numpy()

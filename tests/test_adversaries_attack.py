@@ -27,6 +27,16 @@ EVAL = ["eval.episodes=3", "eval.gif=false"]
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _own_ray():
+    """The attacks run in this process; leave no Ray instance behind for other modules."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def victim(tmp_path_factory):
     from marl.config import load_config
@@ -225,3 +235,18 @@ def test_random_takeover_draws_one_agent_per_episode_from_its_seed(victim):
         assert np.array_equal(obs[ATTACKER]["obs"][0], env._team_obs["team_0"]["obs"][env.attacked[0]])
     assert set(drawn) == {0, 1, 2}
     assert [env.reset(seed=s) and env.attacked[0] for s in range(12)] == drawn  # paired: same seed, same agent
+
+
+def test_attack_on_a_victim_with_planted_pickles_never_unpickles(victim, capsys, tmp_path):
+    from marl.checkpoints import latest_checkpoint
+    from tests.test_checkpoints import plant_pickles
+
+    copy = tmp_path / "victim_ckpt"
+    shutil.copytree(latest_checkpoint(victim), copy)
+    marker = tmp_path / "PWNED"
+    assert plant_pickles(copy, marker) > 10
+    code, out, err = run_main(capsys, "attack", str(copy), "--adversary", "gleave", *TINY, *EVAL,
+                              "train.total_env_steps=400", f"output_dir={tmp_path / 'runs'}")
+    assert code == 0, err[-5:]
+    assert json.loads((Path(out[-1]) / "attack_eval.json").read_text())["attack_env_steps"] == 400
+    assert not marker.exists()

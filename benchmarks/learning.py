@@ -32,6 +32,20 @@ PPO = {"lr": 5e-4, "gamma": 0.99, "lambda_": 0.95, "clip_param": 0.2, "entropy_c
        "num_epochs": 5}
 ENVS_PER_RUNNER = 16
 FINAL_WINDOW = 5
+N_AGENTS = ENV_KWARGS["N"]
+# Stock RLlib PPO, two ways. ``stock_defaults`` is the earlier benchmark's run: PPO above plus
+# every RLlib default it did not set, three of which MAPPO does not use: the value loss clipped
+# at vf_clip_param=10 (squared error on raw returns), the adaptive KL penalty (use_kl_loss=True,
+# kl_coeff=0.2), and minibatch_size counted in agent rows, so 500 rows = 1/3 of MAPPO's 500 team
+# steps (3x the optimizer steps). ``stock_matched`` turns those three off/matches them.
+STOCK = {
+    "stock_defaults": {},
+    "stock_matched": {"vf_clip_param": float("inf"), "use_kl_loss": False, "kl_coeff": 0.0,
+                      "minibatch_size": N_AGENTS * PPO["minibatch_size"]},
+}
+# Earlier name of stock_defaults in stored curves.json files.
+ALIASES = {"rllib_ppo": "stock_defaults"}
+COLORS = {"mappo": "C0", "stock_matched": "C2", "stock_defaults": "C1"}
 
 
 def run_mappo(steps: int, seed: int, out: Path) -> list[tuple[int, float]]:
@@ -48,7 +62,7 @@ def run_mappo(steps: int, seed: int, out: Path) -> list[tuple[int, float]]:
     return [(r["env_steps"], r["episode_return_mean"]) for r in rows if r["episode_return_mean"] is not None]
 
 
-def run_stock_ppo(steps: int, seed: int) -> list[tuple[int, float]]:
+def run_stock_ppo(steps: int, seed: int, method: str) -> list[tuple[int, float]]:
     from mpe2 import simple_spread_v3
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
@@ -65,7 +79,7 @@ def run_stock_ppo(steps: int, seed: int) -> list[tuple[int, float]]:
         .env_runners(num_env_runners=0, num_envs_per_env_runner=ENVS_PER_RUNNER, rollout_fragment_length="auto")
         .multi_agent(policies={"shared"}, policy_mapping_fn=lambda aid, *a, **k: "shared")
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64], fcnet_activation="tanh"))
-        .training(**PPO)
+        .training(**{**PPO, **STOCK[method]})
         .reporting(metrics_num_episodes_for_smoothing=20)
         .debugging(seed=seed, log_level="ERROR")
         .build_algo()
@@ -77,7 +91,7 @@ def run_stock_ppo(steps: int, seed: int) -> list[tuple[int, float]]:
         ret = er.get("episode_return_mean")
         if ret is not None:
             curve.append((sampled, float(ret)))
-        print(f"stock_ppo seed {seed}: {sampled} steps, return {ret}", flush=True)
+        print(f"{method} seed {seed}: {sampled} steps, return {ret}", flush=True)
     algo.stop()
     return curve
 
@@ -89,7 +103,7 @@ def child(method: str, seed: int, steps: int, out: Path) -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("ray").setLevel(logging.ERROR)
     t0 = time.time()
-    curve = run_mappo(steps, seed, out) if method == "mappo" else run_stock_ppo(steps, seed)
+    curve = run_mappo(steps, seed, out) if method == "mappo" else run_stock_ppo(steps, seed, method)
     (out / f"{method}-seed{seed}.json").write_text(
         json.dumps({"method": method, "seed": seed, "wall_s": time.time() - t0, "curve": curve})
     )
@@ -127,7 +141,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1_000_000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=["mappo", "rllib_ppo"])
+    p.add_argument("--methods", nargs="+", choices=["mappo", *STOCK], default=["mappo", *STOCK])
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-learning")
     p.add_argument("--child", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)

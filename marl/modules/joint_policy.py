@@ -105,8 +105,13 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
     def sample_joint(
         self, obs: dict, graph: GraphSample, deterministic: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample the joint action in DAG order. Returns (actions, dist inputs [B, n, A])."""
-        if graph.empty:
+        """Sample the joint action in DAG order. Returns (actions, dist inputs [B, n, A]).
+
+        When no sampled graph of the batch has an edge (the empty graph, or a learned graph
+        annealed to density 0) every agent is sampled in one batched pass: that is the cost of
+        decentralised execution. Only sampling takes this shortcut; the learner's
+        ``conditional_logits`` keeps the straight-through path through the edge mask."""
+        if graph.empty or not bool(graph.adjacency.detach().any()):
             dummy = self.head.empty_actions(obs["alive"].shape, obs["alive"].device)
             params = self.conditional_logits(obs, dummy, graph)
             return self.head.dead_action(self.head.sample(params, deterministic), obs["alive"]), params

@@ -1,13 +1,22 @@
 """Env steps per second on simple_spread (3 agents, 25 steps), side by side in one process:
 
 - ``raw``: the PettingZoo env alone, random actions;
-- ``rllib_ppo``: RLlib's stock PPO, one shared policy over ParallelPettingZooEnv;
+- ``rllib_ppo``: RLlib's stock PPO, one shared policy over ParallelPettingZooEnv, matched to
+  MAPPO: minibatch n × the team minibatch (RLlib counts a multi-agent minibatch in agent rows,
+  MAPPO in team steps of n rows each), no value-loss clipping, no KL penalty;
+- ``rllib_ppo_defaults``: the same with the minibatch in agent rows and RLlib's defaults
+  (vf_clip_param=10, use_kl_loss=True, kl_coeff=0.2), as this benchmark first ran it;
 - ``mappo``: this project's MAPPO (JointPolicyModule + JointPPOLearner, empty graph);
-- ``bn_mappo``: the same with the learned, context-aware DAG (agents sampled in DAG order).
+- ``bn_mappo``: the same with the learned, context-aware DAG (agents sampled in DAG order);
+- ``bn_mappo_annealed``: the learned DAG at the end of annealing: τ = 0, α = α_target, and the
+  context network's edge logits pushed so far towards "no edge" that every sampled graph is
+  empty (see ``anneal_to_empty``).
 
-Both learners use the same train batch, minibatch, epochs, env runners and vectorised envs,
-and are timed over whole ``Algorithm.train()`` calls (sampling + learning) after a warm-up
-iteration. The last stdout line is one JSON object.
+Every learner uses the same train batch, epochs, env runners and vectorised envs, and is
+timed over whole ``Algorithm.train()`` calls (sampling + learning) after a warm-up iteration.
+Beside each learner, ``optimizer_steps`` is the mean number of ``torch.optim.Adam.step`` calls
+per timed iteration, counted by wrapping that method (the learner runs in this process:
+``num_env_runners=0``, local learner). The last stdout line is one JSON object.
 
 With ``--suite``, it also measures every environment of the README's table (key ``suite``):
 ``raw`` is the PettingZoo env alone with random legal actions, ``mappo`` is training env
@@ -32,6 +41,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 ENV_KWARGS = {"N": 3, "max_cycles": 25, "continuous_actions": False}
+N_AGENTS = ENV_KWARGS["N"]
+# Settings MAPPO uses (configs/base.yaml) that RLlib's PPO defaults differ on; the matched
+# stock run takes them, the defaults run keeps RLlib's (as the first version of this script).
+MATCHED_PPO = {"gamma": 0.99, "lambda_": 0.95, "clip_param": 0.2, "entropy_coeff": 0.01,
+               "grad_clip": 10.0, "vf_clip_param": float("inf"), "use_kl_loss": False, "kl_coeff": 0.0}
+# Logit gap between "no edge" and "edge" per agent pair after annealing: P(edge) =
+# sigmoid(-gap) under the Gumbel-softmax (a difference of two Gumbels is logistic), ~4e-18.
+ANNEALED_LOGIT_GAP = 40.0
+
+
+class AdamStepCounter:
+    """Counts ``torch.optim.Adam.step`` calls in this process (the optimizer every learner here
+    uses), by wrapping the method on the class."""
+
+    def __init__(self):
+        import torch
+
+        self.calls = 0
+        original = torch.optim.Adam.step
+
+        def counted_step(opt, *a, **k):
+            self.calls += 1
+            return original(opt, *a, **k)
+
+        torch.optim.Adam.step = counted_step
+
+
+ADAM: AdamStepCounter | None = None
 
 
 # The README's environment table: name -> config file under configs/env.
@@ -72,19 +109,28 @@ def raw_env_steps_per_s(seconds: float, import_path: str = "mpe2.simple_spread_v
     return steps / (time.perf_counter() - t0)
 
 
-def time_algo(algo, iterations: int) -> float:
+def time_algo(algo, iterations: int) -> dict:
+    """Env steps/s over ``iterations`` timed ``train()`` calls, and Adam steps per iteration."""
     algo.train()  # warm-up: first sampling, module and optimizer set-up
-    steps, elapsed = 0, 0.0
+    steps, elapsed, calls0 = 0, 0.0, ADAM.calls
+    densities = []
     for _ in range(iterations):
         t0 = time.perf_counter()
         result = algo.train()
         elapsed += time.perf_counter() - t0
         steps += int(result["env_runners"]["num_env_steps_sampled"])
+        for stats in result.get("learners", {}).values():
+            if isinstance(stats, dict) and "dag_density" in stats:
+                densities.append(float(stats["dag_density"]))
     algo.stop()
-    return steps / elapsed
+    out = {"steps_per_s": steps / elapsed, "optimizer_steps": (ADAM.calls - calls0) / iterations,
+           "env_steps_per_iter": steps / iterations}
+    if densities:
+        out["max_dag_density"] = max(densities)
+    return out
 
 
-def stock_ppo(args) -> float:
+def stock_ppo(args, matched: bool = True) -> dict:
     from mpe2 import simple_spread_v3
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
@@ -99,14 +145,34 @@ def stock_ppo(args) -> float:
         .multi_agent(policies={"shared"}, policy_mapping_fn=lambda aid, *a, **k: "shared")
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64], fcnet_activation="tanh"))
         .training(
-            train_batch_size=args.batch, minibatch_size=args.minibatch, num_epochs=args.epochs, lr=5e-4
+            train_batch_size=args.batch, num_epochs=args.epochs, lr=5e-4,
+            **({"minibatch_size": N_AGENTS * args.minibatch, **MATCHED_PPO} if matched
+               else {"minibatch_size": args.minibatch}),
         )
         .debugging(seed=0, log_level="ERROR")
     )
     return time_algo(config.build_algo(), args.iterations)
 
 
-def project_mappo(args, graph_mode: str = "empty", env_config: str | None = None, iterations=None) -> float:
+def anneal_to_empty(module) -> None:
+    """The learned DAG as annealing leaves it: every pair's edge logit far below its no-edge
+    logit in every context, so each sampled graph is empty. Done on the context network's last
+    layer (its bias; the weights as trained so far), the layer annealing's density term acts on
+    through ρ (Chen & Zhang 2023, §4.3)."""
+    import torch
+
+    for mid in module.keys():
+        graph = getattr(module[mid].unwrapped(), "graph", None)
+        if graph is None or not hasattr(graph, "context"):
+            continue
+        with torch.no_grad():
+            bias = graph.context[-1].bias.view(graph.n, graph.n, 2)
+            bias[..., 0] = ANNEALED_LOGIT_GAP / 2  # class 0: no edge
+            bias[..., 1] = -ANNEALED_LOGIT_GAP / 2
+
+
+def project_mappo(args, graph_mode: str = "empty", env_config: str | None = None, iterations=None,
+                  annealed: bool = False) -> dict:
     from marl.algorithms import build_algorithm_config
     from marl.config import load_config
 
@@ -119,9 +185,15 @@ def project_mappo(args, graph_mode: str = "empty", env_config: str | None = None
         "runners.num_env_runners=0",
         f"model.graph.mode={graph_mode}",
     ]
+    if annealed:  # a budget of one iteration: the schedule is at its end (τ = 0, α = α_target)
+        overrides.append(f"train.total_env_steps={args.batch}")
     path = configs / "env" / f"{env_config}.yaml" if env_config else configs / "mappo_simple_spread.yaml"
     cfg = load_config(path, overrides)
-    return time_algo(build_algorithm_config(cfg).build_algo(), iterations or args.iterations)
+    algo = build_algorithm_config(cfg).build_algo()
+    if annealed:
+        algo.learner_group.foreach_learner(lambda learner: anneal_to_empty(learner.module))
+        algo.env_runner_group.foreach_env_runner(lambda runner: anneal_to_empty(runner.module))
+    return time_algo(algo, iterations or args.iterations)
 
 
 def suite(args) -> dict:
@@ -132,7 +204,7 @@ def suite(args) -> dict:
     for name, cfg_name in SUITE.items():
         env = load_config(configs / f"{cfg_name}.yaml").env
         raw = raw_env_steps_per_s(args.raw_seconds / 2, env.import_, env.kwargs)
-        train = project_mappo(args, env_config=cfg_name, iterations=3)
+        train = project_mappo(args, env_config=cfg_name, iterations=3)["steps_per_s"]
         out[name] = {"raw": round(raw, 1), "mappo": round(train, 1)}
         print(json.dumps({name: out[name]}), file=sys.stderr, flush=True)
     return out
@@ -143,7 +215,7 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--envs", type=int, default=16, help="vectorised envs per env runner")
     p.add_argument("--batch", type=int, default=2000)
-    p.add_argument("--minibatch", type=int, default=500)
+    p.add_argument("--minibatch", type=int, default=500, help="team steps (MAPPO); stock PPO: see above")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--raw-seconds", type=float, default=10.0)
     p.add_argument("--suite", action="store_true", help="also measure every env of the README table")
@@ -154,18 +226,33 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)  # as the trainer does (runners.torch_threads)
+    global ADAM
+    ADAM = AdamStepCounter()
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     logging.getLogger("ray").setLevel(logging.ERROR)
 
-    out = {"raw": raw_env_steps_per_s(args.raw_seconds)}
-    out["rllib_ppo"] = stock_ppo(args)
-    out["mappo"] = project_mappo(args)
-    out["bn_mappo"] = project_mappo(args, "learned")
-    out = {k: round(v, 1) for k, v in out.items()}
+    runs = {
+        "rllib_ppo": lambda: stock_ppo(args, matched=True),
+        "rllib_ppo_defaults": lambda: stock_ppo(args, matched=False),
+        "mappo": lambda: project_mappo(args),
+        "bn_mappo": lambda: project_mappo(args, "learned"),
+        "bn_mappo_annealed": lambda: project_mappo(args, "learned", annealed=True),
+    }
+    out = {"raw": round(raw_env_steps_per_s(args.raw_seconds), 1)}
+    details = {}
+    for name, run in runs.items():
+        details[name] = run()
+        out[name] = round(details[name]["steps_per_s"], 1)
+        print(json.dumps({name: details[name]}), file=sys.stderr, flush=True)
+    out["optimizer_steps"] = {k: round(v["optimizer_steps"], 2) for k, v in details.items()}
+    out["env_steps_per_iter"] = {k: round(v["env_steps_per_iter"], 1) for k, v in details.items()}
+    out["annealed_max_dag_density"] = details["bn_mappo_annealed"].get("max_dag_density")
     out["mappo_vs_rllib_ppo"] = round(out["mappo"] / out["rllib_ppo"], 3)
+    out["mappo_vs_rllib_ppo_defaults"] = round(out["mappo"] / out["rllib_ppo_defaults"], 3)
     out["mappo_vs_raw"] = round(out["mappo"] / out["raw"], 3)
     out["bn_mappo_vs_mappo"] = round(out["bn_mappo"] / out["mappo"], 3)
+    out["bn_mappo_annealed_vs_mappo"] = round(out["bn_mappo_annealed"] / out["mappo"], 3)
     out["settings"] = {k: getattr(args, k) for k in ("envs", "batch", "minibatch", "epochs", "iterations")}
     if args.suite:
         out["suite"] = suite(args)

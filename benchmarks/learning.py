@@ -1,14 +1,24 @@
 """Learning curves: this project's MAPPO vs RLlib's stock PPO (one shared policy) on
-simple_spread (3 agents, 25 steps), same env-step budget, seeds and PPO settings.
+simple_spread (3 agents, 25 steps), same env-step budget and seeds.
 
-Each (method, seed) runs in its own process (``--jobs`` at a time). MAPPO runs through the
-project's trainer (``marl.train``), exactly as ``run.py train`` does. Team return is the sum of
-the agents' rewards over the episode for both (RLlib's ``episode_return_mean``, smoothed over
-the last 20 episodes). Writes ``<out>/curves.json`` and ``<out>/learning_simple_spread.png``;
-the last stdout line is one JSON object with each method's final return (mean of the last 5
-iterations) per seed.
+Methods (``--methods``):
 
-    python benchmarks/learning.py --steps 1000000 --seeds 0 1 2 --jobs 2
+- ``mappo``: the project's trainer (``marl.train``), exactly as ``run.py train`` does;
+- ``stock_matched``: RLlib's PPO with MAPPO's PPO settings, including the three RLlib defaults
+  MAPPO does not use turned off or matched (no value-loss clip, no KL penalty, minibatch of
+  n × the team minibatch in agent rows);
+- ``stock_defaults``: RLlib's PPO with the shared settings only, RLlib's defaults for the rest
+  (``rllib_ppo`` in curves.json files written before these three methods).
+
+Each (method, seed) runs in its own process (``--jobs`` at a time). Team return is the sum of
+the agents' rewards over the episode for all (RLlib's ``episode_return_mean``, smoothed over
+the last 20 episodes). Writes ``<out>/curves.json`` and ``<out>/learning_simple_spread.png``
+(per-seed curves faint, mean bold, 95% t interval across seeds shaded); the last stdout line is
+one JSON object with each method's final return (mean of the last 5 iterations) per seed.
+``--reuse`` takes the runs it lists from an earlier curves.json instead of running them.
+
+    python benchmarks/learning.py --steps 1000000 --seeds 0 1 2 --jobs 1 \
+        [--methods stock_matched] [--reuse benchmarks/results/curves.json]
 """
 
 from __future__ import annotations
@@ -109,6 +119,21 @@ def child(method: str, seed: int, steps: int, out: Path) -> None:
     )
 
 
+def t_interval(ys, confidence: float = 0.95):
+    """Mean and two-sided t confidence interval across seeds (rows), per column. With 3 seeds a
+    bootstrap has only 10 distinct resamples and understates the spread; the t interval does
+    not (t_0.975 with 2 degrees of freedom is 4.30)."""
+    import numpy as np
+    from scipy import stats
+
+    ys = np.asarray(ys, dtype=float)
+    n = np.sum(~np.isnan(ys), axis=0)
+    mean = np.nanmean(ys, axis=0)
+    sem = np.nanstd(ys, axis=0, ddof=1) / np.sqrt(n)
+    half = stats.t.ppf(0.5 + confidence / 2, np.maximum(n - 1, 1)) * sem
+    return mean, mean - half, mean + half
+
+
 def plot(results: dict[str, list[dict]], path: Path, steps: int) -> None:
     import matplotlib
 
@@ -116,25 +141,46 @@ def plot(results: dict[str, list[dict]], path: Path, steps: int) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     grid = np.linspace(0, steps, 101)
     for method, runs in results.items():
+        color = COLORS.get(method)
         ys = []
         for run in runs:
             x, y = zip(*run["curve"], strict=True)
-            ys.append(np.interp(grid, x, y, left=np.nan))
-            ax.plot(x, y, alpha=0.25, lw=0.8, color="C0" if method == "mappo" else "C1")
-        ys = np.array(ys)
-        mean = np.nanmean(ys, 0)
-        ax.plot(grid, mean, lw=2, color="C0" if method == "mappo" else "C1",
-                label=f"{method} (mean of {len(runs)} seeds)")
+            ys.append(np.interp(grid, x, y, left=np.nan, right=np.nan))
+            ax.plot(x, y, alpha=0.25, lw=0.7, color=color)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # grid points before a run's first report
+            mean, lo, hi = t_interval(ys) if len(ys) > 1 else (ys[0], ys[0], ys[0])
+        ax.fill_between(grid, lo, hi, color=color, alpha=0.15, lw=0)
+        ax.plot(grid, mean, lw=2, color=color, label=f"{method} (mean of {len(runs)} seeds, 95% t CI)")
     ax.set_xlabel("env steps")
     ax.set_ylabel("team return (sum over agents)")
     ax.set_title("simple_spread_v3, N=3, 25 steps")
-    ax.legend()
+    ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def load_reused(path: Path, methods: list[str], seeds: list[int]) -> dict[tuple[str, int], dict]:
+    """Runs of an earlier curves.json (same script and settings), by (method, seed); earlier
+    method names are mapped to today's (``ALIASES``). Each run is marked with its source."""
+    try:
+        commit = subprocess.run(["git", "log", "-1", "--format=%h", "--", path.name], cwd=path.resolve().parent,
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = ""
+    source = f"{path.name} at commit {commit}" if commit else str(path)
+    reused = {}
+    for name, runs in json.loads(path.read_text()).items():
+        method = ALIASES.get(name, name)
+        for run in runs:
+            if method in methods and run["seed"] in seeds:
+                reused[(method, run["seed"])] = {**run, "method": method,
+                                                 "reused_from": run.get("reused_from", source)}
+    return reused
 
 
 def main() -> None:
@@ -144,6 +190,8 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", choices=["mappo", *STOCK], default=["mappo", *STOCK])
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-learning")
+    p.add_argument("--reuse", type=Path, metavar="CURVES_JSON",
+                   help="take (method, seed) runs not in --out from this earlier curves.json")
     p.add_argument("--child", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +199,9 @@ def main() -> None:
         child(args.child[0], int(args.child[1]), args.steps, args.out)
         return
 
-    todo = [(m, s) for m in args.methods for s in args.seeds if not (args.out / f"{m}-seed{s}.json").exists()]
+    reused = load_reused(args.reuse, args.methods, args.seeds) if args.reuse else {}
+    todo = [(m, s) for m in args.methods for s in args.seeds
+            if not (args.out / f"{m}-seed{s}.json").exists() and (m, s) not in reused]
     running: list[subprocess.Popen] = []
     while todo or running:
         while todo and len(running) < args.jobs:
@@ -168,6 +218,8 @@ def main() -> None:
             f = args.out / f"{m}-seed{s}.json"
             if f.exists():
                 results.setdefault(m, []).append(json.loads(f.read_text()))
+            elif (m, s) in reused:
+                results.setdefault(m, []).append(reused[(m, s)])
     (args.out / "curves.json").write_text(json.dumps(results))
     plot(results, args.out / "learning_simple_spread.png", args.steps)
     def final(curve):
@@ -178,6 +230,9 @@ def main() -> None:
     for per_seed in summary.values():
         vals = list(per_seed.values())
         per_seed["mean"] = round(sum(vals) / len(vals), 2)
+        if len(vals) > 1:
+            _, lo, hi = t_interval([[v] for v in vals])
+            per_seed["ci95"] = [round(float(lo[0]), 2), round(float(hi[0]), 2)]
     print(json.dumps({"final_team_return": summary, "steps": args.steps}))
 
 

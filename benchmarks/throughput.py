@@ -13,7 +13,11 @@
   empty (see ``anneal_to_empty``).
 
 Every learner uses the same train batch, epochs, env runners and vectorised envs, and is
-timed over whole ``Algorithm.train()`` calls (sampling + learning) after a warm-up iteration.
+timed over whole ``Algorithm.train()`` calls (sampling + learning) after a warm-up iteration;
+the learners' timed calls are interleaved, so that load from other processes hits them alike.
+Top-level figures are env steps per wall-clock second; ``per_cpu_s`` gives env steps per CPU
+second of this process (sampling and learning both run in it), which a shared machine's load
+disturbs far less.
 Beside each learner, ``optimizer_steps`` is the mean number of ``torch.optim.Adam.step`` calls
 per timed iteration, counted by wrapping that method (the learner runs in this process:
 ``num_env_runners=0``, local learner). The last stdout line is one JSON object.
@@ -88,8 +92,10 @@ def random_action(space, info, rng):
     return space.sample()
 
 
-def raw_env_steps_per_s(seconds: float, import_path: str = "mpe2.simple_spread_v3", kwargs=None) -> float:
-    """The PettingZoo env alone, random (legal) actions."""
+def raw_env_steps_per_s(seconds: float, import_path: str = "mpe2.simple_spread_v3", kwargs=None,
+                       cpu: bool = False) -> float:
+    """The PettingZoo env alone, random (legal) actions; per wall second, or per CPU second of
+    this process with ``cpu``."""
     from envs.adapter import resolve_env_factory
 
     env = resolve_env_factory(import_path)(**(kwargs if kwargs is not None else ENV_KWARGS))
@@ -99,38 +105,49 @@ def raw_env_steps_per_s(seconds: float, import_path: str = "mpe2.simple_spread_v
         if not env.agents:
             _, infos = env.reset()
         _, _, _, _, infos = env.step({a: random_action(env.action_space(a), infos.get(a, {}), rng) for a in env.agents})
-    steps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+    clock = time.process_time if cpu else time.perf_counter
+    steps, t0 = 0, clock()
+    while clock() - t0 < seconds:
         if not env.agents:
             _, infos = env.reset()
         actions = {a: random_action(env.action_space(a), infos.get(a, {}), rng) for a in env.agents}
         _, _, _, _, infos = env.step(actions)
         steps += 1
-    return steps / (time.perf_counter() - t0)
+    return steps / (clock() - t0)
 
 
-def time_algo(algo, iterations: int) -> dict:
-    """Env steps/s over ``iterations`` timed ``train()`` calls, and Adam steps per iteration."""
-    algo.train()  # warm-up: first sampling, module and optimizer set-up
-    steps, elapsed, calls0 = 0, 0.0, ADAM.calls
-    densities = []
+def time_algos(algos: dict, iterations: int) -> dict[str, dict]:
+    """Times ``iterations`` ``train()`` calls of each algorithm, interleaved (one call of each in
+    turn), so a change in the machine's load hits every learner alike. Per learner: env steps
+    per wall second and per CPU second of this process (everything runs in it), and Adam steps
+    per iteration. Each algorithm gets one untimed warm-up call first."""
+    for algo in algos.values():
+        algo.train()  # warm-up: first sampling, module and optimizer set-up
+    acc = {k: {"steps": 0, "wall": 0.0, "cpu": 0.0, "adam": 0, "densities": []} for k in algos}
     for _ in range(iterations):
-        t0 = time.perf_counter()
-        result = algo.train()
-        elapsed += time.perf_counter() - t0
-        steps += int(result["env_runners"]["num_env_steps_sampled"])
-        for stats in result.get("learners", {}).values():
-            if isinstance(stats, dict) and "dag_density" in stats:
-                densities.append(float(stats["dag_density"]))
-    algo.stop()
-    out = {"steps_per_s": steps / elapsed, "optimizer_steps": (ADAM.calls - calls0) / iterations,
-           "env_steps_per_iter": steps / iterations}
-    if densities:
-        out["max_dag_density"] = max(densities)
+        for name, algo in algos.items():
+            a = acc[name]
+            calls0, w0, c0 = ADAM.calls, time.perf_counter(), time.process_time()
+            result = algo.train()
+            a["wall"] += time.perf_counter() - w0
+            a["cpu"] += time.process_time() - c0
+            a["adam"] += ADAM.calls - calls0
+            a["steps"] += int(result["env_runners"]["num_env_steps_sampled"])
+            for stats in result.get("learners", {}).values():
+                if isinstance(stats, dict) and "dag_density" in stats:
+                    a["densities"].append(float(stats["dag_density"]))
+    out = {}
+    for name, algo in algos.items():
+        algo.stop()
+        a = acc[name]
+        out[name] = {"steps_per_s": a["steps"] / a["wall"], "steps_per_cpu_s": a["steps"] / a["cpu"],
+                     "optimizer_steps": a["adam"] / iterations, "env_steps_per_iter": a["steps"] / iterations}
+        if a["densities"]:
+            out[name]["max_dag_density"] = max(a["densities"])
     return out
 
 
-def stock_ppo(args, matched: bool = True) -> dict:
+def stock_ppo(args, matched: bool = True):
     from mpe2 import simple_spread_v3
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
@@ -151,7 +168,7 @@ def stock_ppo(args, matched: bool = True) -> dict:
         )
         .debugging(seed=0, log_level="ERROR")
     )
-    return time_algo(config.build_algo(), args.iterations)
+    return config.build_algo()
 
 
 def anneal_to_empty(module) -> None:
@@ -171,8 +188,7 @@ def anneal_to_empty(module) -> None:
             bias[..., 1] = -ANNEALED_LOGIT_GAP / 2
 
 
-def project_mappo(args, graph_mode: str = "empty", env_config: str | None = None, iterations=None,
-                  annealed: bool = False) -> dict:
+def project_mappo(args, graph_mode: str = "empty", env_config: str | None = None, annealed: bool = False):
     from marl.algorithms import build_algorithm_config
     from marl.config import load_config
 
@@ -193,7 +209,7 @@ def project_mappo(args, graph_mode: str = "empty", env_config: str | None = None
     if annealed:
         algo.learner_group.foreach_learner(lambda learner: anneal_to_empty(learner.module))
         algo.env_runner_group.foreach_env_runner(lambda runner: anneal_to_empty(runner.module))
-    return time_algo(algo, iterations or args.iterations)
+    return algo
 
 
 def suite(args) -> dict:
@@ -204,7 +220,7 @@ def suite(args) -> dict:
     for name, cfg_name in SUITE.items():
         env = load_config(configs / f"{cfg_name}.yaml").env
         raw = raw_env_steps_per_s(args.raw_seconds / 2, env.import_, env.kwargs)
-        train = project_mappo(args, env_config=cfg_name, iterations=3)["steps_per_s"]
+        train = time_algos({"mappo": project_mappo(args, env_config=cfg_name)}, 3)["mappo"]["steps_per_s"]
         out[name] = {"raw": round(raw, 1), "mappo": round(train, 1)}
         print(json.dumps({name: out[name]}), file=sys.stderr, flush=True)
     return out
@@ -232,27 +248,32 @@ def main() -> None:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     logging.getLogger("ray").setLevel(logging.ERROR)
 
-    runs = {
+    builders = {
         "rllib_ppo": lambda: stock_ppo(args, matched=True),
         "rllib_ppo_defaults": lambda: stock_ppo(args, matched=False),
         "mappo": lambda: project_mappo(args),
         "bn_mappo": lambda: project_mappo(args, "learned"),
         "bn_mappo_annealed": lambda: project_mappo(args, "learned", annealed=True),
     }
+    raw_cpu = raw_env_steps_per_s(args.raw_seconds, cpu=True)
     out = {"raw": round(raw_env_steps_per_s(args.raw_seconds), 1)}
-    details = {}
-    for name, run in runs.items():
-        details[name] = run()
-        out[name] = round(details[name]["steps_per_s"], 1)
-        print(json.dumps({name: details[name]}), file=sys.stderr, flush=True)
+    details = time_algos({name: build() for name, build in builders.items()}, args.iterations)
+    print(json.dumps(details), file=sys.stderr, flush=True)
+    for name, d in details.items():
+        out[name] = round(d["steps_per_s"], 1)
     out["optimizer_steps"] = {k: round(v["optimizer_steps"], 2) for k, v in details.items()}
     out["env_steps_per_iter"] = {k: round(v["env_steps_per_iter"], 1) for k, v in details.items()}
     out["annealed_max_dag_density"] = details["bn_mappo_annealed"].get("max_dag_density")
-    out["mappo_vs_rllib_ppo"] = round(out["mappo"] / out["rllib_ppo"], 3)
-    out["mappo_vs_rllib_ppo_defaults"] = round(out["mappo"] / out["rllib_ppo_defaults"], 3)
-    out["mappo_vs_raw"] = round(out["mappo"] / out["raw"], 3)
-    out["bn_mappo_vs_mappo"] = round(out["bn_mappo"] / out["mappo"], 3)
-    out["bn_mappo_annealed_vs_mappo"] = round(out["bn_mappo_annealed"] / out["mappo"], 3)
+    cpu = {"raw": raw_cpu, **{k: v["steps_per_cpu_s"] for k, v in details.items()}}
+    out["per_cpu_s"] = {k: round(v, 1) for k, v in cpu.items()}
+    for table, rate in (("ratios", out), ("ratios_per_cpu_s", cpu)):
+        out[table] = {
+            "mappo_vs_rllib_ppo": round(rate["mappo"] / rate["rllib_ppo"], 3),
+            "mappo_vs_rllib_ppo_defaults": round(rate["mappo"] / rate["rllib_ppo_defaults"], 3),
+            "mappo_vs_raw": round(rate["mappo"] / rate["raw"], 3),
+            "bn_mappo_vs_mappo": round(rate["bn_mappo"] / rate["mappo"], 3),
+            "bn_mappo_annealed_vs_mappo": round(rate["bn_mappo_annealed"] / rate["mappo"], 3),
+        }
     out["settings"] = {k: getattr(args, k) for k in ("envs", "batch", "minibatch", "epochs", "iterations")}
     if args.suite:
         out["suite"] = suite(args)

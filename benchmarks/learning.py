@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -164,6 +165,20 @@ def plot(results: dict[str, list[dict]], path: Path, steps: int) -> None:
     fig.savefig(path, dpi=120)
 
 
+def partial_from_log(log: Path, method: str, seed: int) -> dict | None:
+    """A stock run stopped before its budget: its curve so far, from the per-iteration lines
+    ``run_stock_ppo`` prints (``<method> seed <s>: <steps> steps, return <r>``)."""
+    pattern = re.compile(rf"^{re.escape(method)} seed {seed}: (\d+) steps, return (\S+)$")
+    curve = []
+    for line in log.read_text().splitlines():
+        m = pattern.match(line.strip())
+        if m and m.group(2) != "None":
+            curve.append((int(m.group(1)), float(m.group(2))))
+    if not curve:
+        return None
+    return {"method": method, "seed": seed, "curve": curve, "complete": False}
+
+
 def load_reused(path: Path, methods: list[str], seeds: list[int]) -> dict[tuple[str, int], dict]:
     """Runs of an earlier curves.json (same script and settings), by (method, seed); earlier
     method names are mapped to today's (``ALIASES``). Each run is marked with its source."""
@@ -192,6 +207,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-learning")
     p.add_argument("--reuse", type=Path, metavar="CURVES_JSON",
                    help="take (method, seed) runs not in --out from this earlier curves.json")
+    p.add_argument("--partial", action="store_true",
+                   help="run nothing; collect what exists, stock runs still running from their logs")
+    p.add_argument("--compare-at", type=int, metavar="STEPS",
+                   help="also report each run's return over the last 5 iterations up to STEPS")
     p.add_argument("--child", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -203,6 +222,8 @@ def main() -> None:
     todo = [(m, s) for m in args.methods for s in args.seeds
             if not (args.out / f"{m}-seed{s}.json").exists() and (m, s) not in reused]
     running: list[subprocess.Popen] = []
+    if args.partial:
+        todo = []
     while todo or running:
         while todo and len(running) < args.jobs:
             m, s = todo.pop(0)
@@ -220,20 +241,31 @@ def main() -> None:
                 results.setdefault(m, []).append(json.loads(f.read_text()))
             elif (m, s) in reused:
                 results.setdefault(m, []).append(reused[(m, s)])
+            elif args.partial and m != "mappo" and (args.out / f"{m}-seed{s}.log").exists():
+                run = partial_from_log(args.out / f"{m}-seed{s}.log", m, s)
+                if run is not None:
+                    results.setdefault(m, []).append(run)
     (args.out / "curves.json").write_text(json.dumps(results))
     plot(results, args.out / "learning_simple_spread.png", args.steps)
-    def final(curve):
-        tail = [y for _, y in curve[-FINAL_WINDOW:]]
+    def final(curve, upto=None):
+        tail = [y for x, y in curve if upto is None or x <= upto][-FINAL_WINDOW:]
         return round(sum(tail) / len(tail), 2)
 
     summary = {m: {f"seed{r['seed']}": final(r["curve"]) for r in runs} for m, runs in results.items()}
-    for per_seed in summary.values():
+    report = {"final_team_return": summary, "steps": args.steps,
+              "steps_reached": {m: {f"seed{r['seed']}": r["curve"][-1][0] for r in runs}
+                                for m, runs in results.items()}}
+    if args.compare_at:
+        report[f"team_return_at_{args.compare_at}"] = {
+            m: {f"seed{r['seed']}": final(r["curve"], args.compare_at) for r in runs} for m, runs in results.items()
+        }
+    for per_seed in [*summary.values(), *report.get(f"team_return_at_{args.compare_at}", {}).values()]:
         vals = list(per_seed.values())
         per_seed["mean"] = round(sum(vals) / len(vals), 2)
         if len(vals) > 1:
             _, lo, hi = t_interval([[v] for v in vals])
             per_seed["ci95"] = [round(float(lo[0]), 2), round(float(hi[0]), 2)]
-    print(json.dumps({"final_team_return": summary, "steps": args.steps}))
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -252,7 +252,7 @@ class TeamEnv(MultiAgentEnv):
             joint = np.asarray(joint)
             for i, agent in enumerate(spec.agents):
                 if agent in live:
-                    actions[agent] = joint[i].astype(np.float32) if spec.continuous else int(joint[i])
+                    actions[agent] = joint[i].astype(np.float32) if spec.continuous else self._own_action(spec, i, joint[i])
         obs, rewards, terms, truncs, infos = self.env.step(actions)
         infos = infos or {}
         done = len(self.env.agents) == 0
@@ -269,6 +269,15 @@ class TeamEnv(MultiAgentEnv):
         term["__all__"] = terminated
         trunc["__all__"] = truncated
         return team_obs, team_rew, term, trunc, team_info
+
+    @staticmethod
+    def _own_action(spec: TeamSpec, i: int, action) -> int:
+        """Agent i's action inside its own space. The padded team space admits actions an agent
+        lacks; a masked policy never picks them, but an unmasked sampler (RLlib's env
+        pre-check samples the MultiDiscrete) can. Such an action becomes the no-op 0, as for a
+        dead agent, so the env never sees an action outside the agent's space."""
+        a = int(action)
+        return a if 0 <= a < spec.agent_n_actions[i] else 0
 
     def close(self):
         self.env.close()

@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from marl.errors import TrainingDiverged, UserError
+from marl.errors import BuildFailed, TrainingDiverged, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except TrainingDiverged as e:
+    except (TrainingDiverged, BuildFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

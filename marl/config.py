@@ -14,6 +14,7 @@ message names the key or file and what was expected; the CLI prints it as one ``
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -170,7 +171,7 @@ class TeamRole(Strict):
 
 
 class Config(Strict):
-    name: str
+    name: str | None
     seed: NonNegInt
     output_dir: str
     env: EnvConfig
@@ -180,8 +181,32 @@ class Config(Strict):
     runners: RunnersConfig
     train: TrainConfig
 
+    @model_validator(mode="after")
+    def _default_name(self) -> Config:
+        if not self.name:
+            self.name = default_run_name(self)
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
+
+
+def default_run_name(cfg: Config) -> str:
+    """<algorithm>[-<graph mode>]-<env>: mappo (empty graph), ippo (per-agent critics) or
+    bn_mappo with its graph mode; the env from its import path (version suffix dropped) and
+    its scenario or map where the kwargs name one."""
+    graph = cfg.model.graph.mode
+    if graph != "empty":
+        algo = f"bn_{cfg.algo.name}-{graph}"
+    else:
+        algo = "ippo" if cfg.model.critic == "decentralized" else cfg.algo.name
+    path = cfg.env.import_.partition(":")
+    env = (path[2] or path[0].rsplit(".", 1)[-1]).removesuffix("_env")
+    env = re.sub(r"_v\d+$", "", env)
+    for key in ("scenario", "map_name", "agent_conf"):
+        if isinstance(cfg.env.kwargs.get(key), str | int):
+            env += f"_{cfg.env.kwargs[key]}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{algo}-{env}")
 
 
 # ------------------------------------------------------------------------------ loading

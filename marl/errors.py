@@ -15,3 +15,10 @@ class TrainingDiverged(Exception):
     """A non-finite loss or weight: the run stops and keeps its last good checkpoint."""
 
     exit_code = 1
+
+
+class BuildFailed(Exception):
+    """RLlib could not build the algorithm (an env that raises or fails RLlib's checks):
+    exit code 1, and the new run directory is removed."""
+
+    exit_code = 1

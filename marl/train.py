@@ -36,7 +36,7 @@ import torch
 import yaml
 
 from marl.config import Config
-from marl.errors import TrainingDiverged, UserError
+from marl.errors import BuildFailed, TrainingDiverged, UserError
 from marl.progress import Progress
 
 CHECKPOINT_PREFIX = "iter_"
@@ -54,6 +54,7 @@ LEARNER_KEYS = {
     "default_optimizer_learning_rate": "lr",
     "curr_entropy_coeff": "entropy_coeff",
     "dag_density": "dag_density",
+    "dag_mode_share": "dag_mode_share",
     "dag_tau": "dag_tau",
     "dag_alpha": "dag_alpha",
 }
@@ -125,7 +126,8 @@ def init_ray() -> None:
             logging_level=logging.ERROR,
             configure_logging=True,
         )
-    logging.getLogger("ray").setLevel(logging.ERROR)
+    for name in ("ray", "ray.rllib"):  # RLlib sets its own level; keep the terminal quiet
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _finite(x: Any) -> bool:
@@ -304,13 +306,31 @@ def train(cfg: Config) -> Path:
     run_dir = create_run_dir(cfg)
     (run_dir / "plots").mkdir()
     write_config(cfg, run_dir / "config.yaml")
-    print(f"run directory: {run_dir}", file=sys.stderr)
     trainer = Trainer(cfg, run_dir)
     try:
-        trainer.build()
+        try:
+            trainer.build()
+        except Exception as e:  # nothing was trained: leave no run directory behind
+            trainer.stop()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise BuildFailed(describe_build_failure(cfg, e)) from e
+        print(f"run directory: {run_dir}", file=sys.stderr)
         return trainer.run()
     finally:
         trainer.stop()
+
+
+def describe_build_failure(cfg: Config, error: BaseException) -> str:
+    """One line: the env, the check that failed, and the root cause RLlib wrapped."""
+    root = error
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+        root = root.__cause__ or root.__context__
+    first = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), type(error).__name__)
+    check = "RLlib's environment check" if "gymnasium-style API" in str(error) or "check" in first.lower() else "building the algorithm"
+    cause = f"{type(root).__name__}: {str(root).strip().splitlines()[0] if str(root).strip() else ''}"
+    if root is error:
+        cause = f"{type(error).__name__}: {first}"
+    return f"env '{cfg.env.import_}' failed {check}: {cause}; no run directory was kept"
 
 
 def load_run(run_dir: Path) -> tuple[Config, Path]:

@@ -49,9 +49,9 @@ def test_dead_agent_keeps_its_slot_with_noop_only_and_gets_no_action():
     np.testing.assert_array_equal(o["alive"], [1, 1, 0])
     np.testing.assert_array_equal(o["obs"][2], 0)
     np.testing.assert_array_equal(o["action_mask"][2], [1, 0, 0, 0])
-    env.step({"team_0": np.array([1, 2, 0])})
+    _, rew, term, _, _ = env.step({"team_0": np.array([1, 2, 0])})
     assert "agent_2" not in env.env.last_actions  # dead agents' actions are not sent
-    assert rew["team_0"] == 4.0 and not term["__all__"]
+    assert rew["team_0"] == 3.0 and not term["__all__"]  # only the living agents' 1 + 2
 
 
 def test_episode_end_is_truncation_when_time_runs_out():
@@ -93,3 +93,17 @@ def test_teams_must_be_disjoint_and_cover_every_agent():
         TeamEnv({**SPREAD, "teams": {"a": ["agent_"], "b": ["agent_0"]}})
     with pytest.raises(TeamGroupingError, match="in none: \\['agent_2'\\]"):
         TeamEnv({**SPREAD, "teams": {"a": ["agent_0"], "b": ["agent_1"]}})
+
+
+def test_actions_outside_an_agents_own_space_never_reach_the_env():
+    # speaker_listener: the speaker has 3 actions, the listener 5; PettingZoo asserts bounds.
+    env = TeamEnv({"import": "mpe2.simple_speaker_listener_v4", "kwargs": {}})
+    spec = env.specs["team_0"]
+    assert spec.agent_n_actions == [3, 5] and env.action_spaces["team_0"].nvec.tolist() == [5, 5]
+    np.testing.assert_array_equal(env.reset(seed=0)[0]["team_0"]["action_mask"], [[1, 1, 1, 0, 0], [1] * 5])
+    for joint in ([4, 4], [3, 0], [2, 4]):  # 3 and 4 are outside the speaker's space
+        env.step({"team_0": np.array(joint)})
+    for _ in range(50):  # what RLlib's env pre-check does: unmasked samples of the team space
+        obs, _, term, trunc, _ = env.step({"team_0": env.action_spaces["team_0"].sample()})
+        if term["__all__"] or trunc["__all__"]:
+            env.reset(seed=1)

@@ -205,3 +205,16 @@ def test_continuous_actions_train_with_a_learned_graph(tmp_path):
     assert len(rows) == 2 and all(np.isfinite(r["policy_loss"]) for r in rows)
     ev = run_cli("evaluate", str(run_dir), "--episodes", "2", "--decentralized")
     assert ev.returncode == 0, ev.stderr[-2000:]
+
+
+def test_env_that_fails_rllibs_check_at_build_ends_with_one_error_line_and_no_run_dir(tmp_path):
+    proc = run_cli(
+        "train", "configs/mappo_simple_spread.yaml", "env.import=tests.toy_envs:broken_step_env", "env.kwargs={}",
+        f"output_dir={tmp_path}",
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("error: env 'tests.toy_envs:broken_step_env' failed RLlib's environment check")
+    assert "simulator connection lost" in lines[0] and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []

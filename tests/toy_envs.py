@@ -97,3 +97,24 @@ def nan_reward_env(nan_after: int = 1000):
 def needs_missing_package(**kwargs):
     """An env whose package is not installed, like SMAX without the `smax` extra."""
     import jaxmarl_not_installed  # noqa: F401
+
+
+class BrokenStepEnv:
+    """simple_spread whose ``step`` raises: config validation (which only resets) passes,
+    RLlib's env check at build fails."""
+
+    def __init__(self):
+        self.env = simple_spread_v3.parallel_env(N=3, max_cycles=25)
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+    def reset(self, seed=None, options=None):
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, actions):
+        raise RuntimeError("simulator connection lost")
+
+
+def broken_step_env():
+    return BrokenStepEnv()

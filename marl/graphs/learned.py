@@ -139,14 +139,18 @@ class LearnedDAG(nn.Module):
 
     @torch.no_grad()
     def record(self, adjacency: torch.Tensor, momentum: float = 0.9) -> None:
-        """Track edge frequencies and the most frequent graph of a batch."""
+        """Track edge frequencies and the most frequent graph: this batch's
+        (``batch_edge_freq``, ``batch_mode_share``, which the learner averages over an
+        iteration's minibatches) and a running record for drawings."""
         hard = (adjacency.detach() > 0.5).float()
-        self.edge_freq.mul_(momentum).add_(hard.mean(0) * (1 - momentum))
+        self.batch_edge_freq = hard.mean(0)
+        self.edge_freq.mul_(momentum).add_(self.batch_edge_freq * (1 - momentum))
         flat = hard.reshape(hard.shape[0], -1)
         graphs, counts = torch.unique(flat, dim=0, return_counts=True)
         top = counts.argmax()
+        self.batch_mode_share = float(counts[top]) / flat.shape[0]
         self.mode_graph.copy_(graphs[top].reshape(self.n, self.n))
-        self.mode_share.fill_(float(counts[top]) / flat.shape[0])
+        self.mode_share.fill_(self.batch_mode_share)
 
 
 def as_numpy_graph(adjacency: torch.Tensor) -> np.ndarray:

@@ -5,7 +5,7 @@ its *conditional* policy, π_i(a_i | o_i, a_Pa(i)) new / old (Chen & Zhang 2023,
 the team's GAE advantage (shared by all agents under a centralised critic, per agent under
 IPPO). Dead agents are masked out. The value loss is MAPPO's Huber loss on normalised
 targets (Yu et al. 2022), and the entropy bonus is the mean per-agent entropy. A learned DAG
-adds its density term α·|ρ − τ| (Chen & Zhang 2023, eq. 9), with τ and α annealed over training
+adds its density term α·E_b|ρ_b − τ| (Chen & Zhang 2023, eq. 9), with τ and α annealed over training
 (``marl.graphs.annealing``).
 """
 
@@ -52,9 +52,24 @@ class JointPPOLearner(PPOTorchLearner):
 
     def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().before_gradient_based_update(timesteps=timesteps)
+        steps = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0)
+        self._sync_schedules(steps)
         if self.density_schedule is not None and self.total_env_steps:
-            steps = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0)
             self.progress_iteration = steps / self.total_env_steps * self.density_schedule.total_iterations
+
+    def _sync_schedules(self, steps: int) -> None:
+        """Set every scheduled value (entropy coefficient, learning rates) to the schedule at
+        the lifetime env-step count *before* this update's gradient steps.
+
+        RLlib's ``Scheduler`` starts at the schedule's first value and moves only in
+        ``after_gradient_based_update``, so after a restore the first update used step 0's
+        entropy coefficient. Both an uninterrupted and a resumed run now use schedule(steps),
+        where steps counts every env step sampled so far, this iteration's batch included."""
+        for module_id in self.module.keys():
+            if self.should_module_be_updated(module_id):
+                self.entropy_coeff_schedulers_per_module[module_id].update(timestep=steps)
+        for optimizer, schedule in self._optimizer_lr_schedules.items():
+            self._set_optimizer_lr(optimizer, lr=schedule.update(timestep=steps))
 
     def compute_loss_for_module(self, *, module_id, config, batch: dict[str, Any], fwd_out):
         module = self.module[module_id].unwrapped()
@@ -71,13 +86,17 @@ class JointPPOLearner(PPOTorchLearner):
             entropy_coeff=self.entropy_coeff_schedulers_per_module[module_id].get_current_value(),
             density=density,
         )
-        if density is not None:
-            freq = module.graph.edge_freq
+        if DAG_DENSITY in fwd_out:
+            # This minibatch's share of steps with each edge, and of the most frequent graph.
+            freq, share = module.graph.batch_edge_freq, module.graph.batch_mode_share
             for j in range(module.n):
                 for i in range(module.n):
                     if j != i:
                         stats[f"edge_freq/{j}->{i}"] = freq[j, i]
-        self.metrics.log_dict(stats, key=module_id, window=1)
+            stats["dag_mode_share"] = share
+        # Mean over every minibatch of the iteration (RLlib's MeanStats with no window empties
+        # itself at each reduce, i.e. once per training iteration).
+        self.metrics.log_dict(stats, key=module_id, reduce="mean")
         return total
 
 
@@ -102,47 +121,61 @@ def joint_ppo_loss(
     old_params = batch[Columns.ACTION_DIST_INPUTS].reshape(b, n, A)
     logp = module.head.logp(params, actions)  # [B, n]: log π_i(a_i | o_i, a_Pa(i))
     old_logp = module.head.logp(old_params, actions)
-    ratio = torch.exp(logp - old_logp)
 
     step_mask = batch.get(Columns.LOSS_MASK)
     step_mask = torch.ones(b, device=logp.device) if step_mask is None else step_mask.float()
     agent_mask = obs["alive"] * step_mask.unsqueeze(-1)  # [B, n]
+    valid = agent_mask > 0
     n_valid = agent_mask.sum().clamp(min=1.0)
+
+    def masked_mean(x: torch.Tensor) -> torch.Tensor:
+        # Select, never multiply: a dead or padded slot may hold inf or NaN (a continuous dead
+        # agent's zero action under a far mean and a small std), and inf·0 is NaN.
+        return torch.where(valid, x, torch.zeros_like(x)).sum() / n_valid
+
+    # The log-ratio is masked before exp, so masked slots have ratio exactly 1.
+    log_ratio = torch.where(valid, logp - old_logp, torch.zeros_like(logp))
+    ratio = torch.exp(log_ratio)
 
     # Clipped surrogate per agent (Schulman et al. 2017, eq. 7) with the team advantage.
     adv = batch[Postprocessing.ADVANTAGES].reshape(b, -1).expand(b, n)
     surrogate = torch.min(ratio * adv, torch.clamp(ratio, 1 - clip_param, 1 + clip_param) * adv)
-    policy_loss = -(surrogate * agent_mask).sum() / n_valid
-    entropy = module.head.entropy(params)
-    mean_entropy = (entropy * agent_mask).sum() / n_valid
+    policy_loss = -masked_mean(surrogate)
+    mean_entropy = masked_mean(module.head.entropy(params))
 
     # Value loss on normalised targets (Yu et al. 2022: value normalisation + Huber loss).
     targets = batch[Postprocessing.VALUE_TARGETS].reshape(b, -1)
     preds = fwd_out[Columns.VF_PREDS].reshape(b, -1)
-    v_mask = step_mask.unsqueeze(-1) if module.centralized else agent_mask
+    v_mask = (step_mask.unsqueeze(-1) if module.centralized else agent_mask).expand_as(targets)
     if module.use_value_norm:
         if update_value_norm:  # real steps only; under IPPO, alive agents' columns only
-            module.value_norm.update(targets, v_mask.expand_as(targets))
+            module.value_norm.update(targets, v_mask)
         targets = module.value_norm.normalize(targets)
     vf_err = F.huber_loss(preds, targets, reduction="none", delta=HUBER_DELTA)
-    vf_loss = (vf_err * v_mask).sum() / v_mask.sum().clamp(min=1.0)
+    vf_loss = torch.where(v_mask > 0, vf_err, torch.zeros_like(vf_err)).sum() / v_mask.sum().clamp(min=1.0)
 
     total = policy_loss + vf_loss_coeff * vf_loss - entropy_coeff * mean_entropy
     with torch.no_grad():
-        approx_kl = ((ratio - 1) - (logp - old_logp)) * agent_mask
-        clip_frac = ((ratio - 1).abs() > clip_param).float() * agent_mask
+        approx_kl = masked_mean((ratio - 1) - log_ratio)
+        clip_frac = masked_mean(((ratio - 1).abs() > clip_param).float())
     stats: dict[str, Any] = {
         POLICY_LOSS_KEY: policy_loss,
         VF_LOSS_KEY: vf_loss,
         ENTROPY_KEY: mean_entropy,
-        "approx_kl": approx_kl.sum() / n_valid,
-        "clip_fraction": clip_frac.sum() / n_valid,
+        "approx_kl": approx_kl,
+        "clip_fraction": clip_frac,
     }
     if density is not None and DAG_DENSITY in fwd_out:
-        # α·|ρ − τ|, ρ averaged over the batch's real steps (Chen & Zhang 2023, eq. 9).
+        # Density term α · E_b |ρ_b − τ| (Chen & Zhang 2023, eq. 9, with ρ per sampled graph):
+        # the batch mean of each sample's distance to the target, so that every sampled graph
+        # is pushed to density τ. |E_b ρ_b − τ| would be satisfied by a mix of empty and full
+        # graphs at intermediate τ.
         tau, alpha = density
-        rho = (fwd_out[DAG_DENSITY] * step_mask).sum() / step_mask.sum().clamp(min=1.0)
-        total = total + alpha * (rho - tau).abs()
-        stats.update(dag_density=rho, dag_tau=tau, dag_alpha=alpha)
+        rho = fwd_out[DAG_DENSITY]  # [B]
+        n_steps = step_mask.sum().clamp(min=1.0)
+        gap = torch.where(step_mask > 0, (rho - tau).abs(), torch.zeros_like(rho)).sum() / n_steps
+        total = total + alpha * gap
+        mean_rho = torch.where(step_mask > 0, rho, torch.zeros_like(rho)).sum() / n_steps
+        stats.update(dag_density=mean_rho, dag_density_gap=gap, dag_tau=tau, dag_alpha=alpha)
     stats["total_loss"] = total
     return total, stats

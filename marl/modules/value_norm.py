@@ -18,7 +18,14 @@ class ValueNorm(nn.Module):
         self.beta, self.eps = beta, eps
         self.register_buffer("running_mean", torch.zeros(size))
         self.register_buffer("running_mean_sq", torch.zeros(size))
-        self.register_buffer("debias", torch.zeros(1))
+        self.register_buffer("debias", torch.zeros(size))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before per-column updates hold one shared debias term.
+        key = prefix + "debias"
+        if key in state_dict and state_dict[key].numel() == 1 != self.debias.numel():
+            state_dict[key] = state_dict[key].expand_as(self.debias).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.debias.clamp(min=self.eps)
@@ -28,16 +35,23 @@ class ValueNorm(nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        """x: [B, size] value targets; mask: [B, size], 1 where a target counts."""
+        """x: [B, size] value targets; mask: [B, size], 1 where a target counts.
+
+        Column by column: a column with no counted row in this batch (an agent dead or padded
+        throughout, under IPPO) keeps its statistics, and the other columns still update."""
         x = x.reshape(-1, self.running_mean.numel()).float()
         mask = torch.ones_like(x) if mask is None else mask.reshape_as(x).float()
         count = mask.sum(0)
-        if not bool((count > 0).all()):  # e.g. a minibatch of padding rows only
+        seen = count > 0
+        if not bool(seen.any()):  # e.g. a minibatch of padding rows only
             return
-        mean, mean_sq = (x * mask).sum(0) / count, (x**2 * mask).sum(0) / count
-        self.running_mean.mul_(self.beta).add_(mean * (1 - self.beta))
-        self.running_mean_sq.mul_(self.beta).add_(mean_sq * (1 - self.beta))
-        self.debias.mul_(self.beta).add_(1 - self.beta)
+        safe = count.clamp(min=1.0)
+        x = torch.where(mask > 0, x, torch.zeros_like(x))
+        mean, mean_sq = x.sum(0) / safe, (x**2).sum(0) / safe
+        keep = torch.where(seen, torch.full_like(count, self.beta), torch.ones_like(count))
+        self.running_mean.mul_(keep).add_(mean * (1 - keep))
+        self.running_mean_sq.mul_(keep).add_(mean_sq * (1 - keep))
+        self.debias.mul_(keep).add_(1 - keep)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean, var = self._moments()

@@ -155,7 +155,11 @@ def plot(results: dict[str, list[dict]], path: Path, steps: int) -> None:
             warnings.simplefilter("ignore", RuntimeWarning)  # grid points before a run's first report
             mean, lo, hi = t_interval(ys) if len(ys) > 1 else (ys[0], ys[0], ys[0])
         ax.fill_between(grid, lo, hi, color=color, alpha=0.15, lw=0)
-        ax.plot(grid, mean, lw=2, color=color, label=f"{method} (mean of {len(runs)} seeds, 95% t CI)")
+        label = f"{method} (mean of {len(runs)} seeds, 95% t CI)"
+        if not all(run.get("complete", True) for run in runs):
+            reached = min(run["curve"][-1][0] for run in runs)
+            label += f", stopped at {reached // 1000}k+ steps"
+        ax.plot(grid, mean, lw=2, color=color, label=label)
     ax.set_xlabel("env steps")
     ax.set_ylabel("team return (sum over agents)")
     ax.set_title("simple_spread_v3, N=3, 25 steps")

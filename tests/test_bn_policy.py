@@ -230,3 +230,15 @@ def test_a_batch_of_empty_sampled_graphs_is_sampled_in_one_actor_pass():
     with torch.no_grad():
         m.forward_exploration({Columns.OBS: make_obs(b=16)})
     assert len(calls) == N
+
+
+def test_acting_builds_no_autograd_graph_and_skips_sinkhorn(monkeypatch):
+    import marl.graphs.learned as learned
+
+    m = make_module(LEARNED)
+    calls = []
+    monkeypatch.setattr(learned, "sinkhorn", lambda *a, **k: calls.append(1) or sinkhorn(*a, **k))
+    out = m.forward_exploration({Columns.OBS: make_obs(b=8)})
+    assert not out[Columns.ACTION_DIST_INPUTS].requires_grad and calls == []
+    m.forward_train({Columns.OBS: make_obs(b=8), Columns.ACTIONS: out[Columns.ACTIONS]})
+    assert calls  # the learner's rebuild still takes the straight-through path

@@ -198,9 +198,13 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
             noise = {k: batch[col].reshape(obs.shape[0], *shapes[k]) for k, col in DAG_NOISE.items()}
         return self.graph(obs, noise)
 
+    # Acting never needs gradients: without no_grad every rollout step built an autograd
+    # graph, and the learned DAG ran Sinkhorn (needed only for the straight-through gradient).
+    @torch.no_grad()
     def _forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         return self._act(batch, deterministic=True)
 
+    @torch.no_grad()
     def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         return self._act(batch, deterministic=False)
 

@@ -388,12 +388,22 @@ def frozen_source(team: str, role) -> tuple[TeamCheckpoint, str]:
 
 def load_frozen_teams(sources: dict[str, tuple[str, str]], algorithm=None, **kwargs) -> None:
     """RLlib ``on_algorithm_init`` callback: set each frozen team's weights, read from its
-    safe checkpoint, in the Learner and (through RLlib's weight sync) in every EnvRunner."""
+    safe checkpoint, in the Learner and in every EnvRunner (local and remote, blocking)."""
     from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_LEARNER_GROUP, COMPONENT_RL_MODULE
 
     states = {}
     for team, (path, name) in sources.items():
         module = load_checkpoint(Path(path)).modules[name]
         states[team] = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
-    if states:
-        algorithm.set_state({COMPONENT_LEARNER_GROUP: {COMPONENT_LEARNER: {COMPONENT_RL_MODULE: states}}})
+    if not states:
+        return
+    # Learner and local EnvRunners (set in place).
+    algorithm.set_state({COMPONENT_LEARNER_GROUP: {COMPONENT_LEARNER: {COMPONENT_RL_MODULE: states}}})
+    # Remote EnvRunners: RLlib's sync inside set_state is fire-and-forget and is silently
+    # dropped while an EnvRunner still applies setup's fresh weights (one request in flight per
+    # EnvRunner), and PPO's syncs after training cover the trained modules only, so a frozen
+    # team would play with random weights all run. Push its weights and wait for every one.
+    for group in (algorithm.env_runner_group, algorithm.eval_env_runner_group):
+        if group is not None and group.num_remote_workers():
+            group.foreach_env_runner("set_state", kwargs={"state": {COMPONENT_RL_MODULE: states}},
+                                     local_env_runner=False, timeout_seconds=None)

@@ -182,6 +182,17 @@ def _weights_file(team: str, index: int) -> str:
     return f"{team}.safetensors" if _SAFE_NAME.match(team) else f"team_{index}.safetensors"
 
 
+def tensors_like(weights: dict[str, Any], reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The learner's weights as tensors of the module's own dtypes and shapes. RLlib's
+    ``get_weights()`` returns a 0-d tensor (e.g. LearnedDAG's ``mode_share`` buffer) as a
+    Python float, which would otherwise be written as float64 of shape (1,) and refused on load."""
+    out = {}
+    for key, value in weights.items():
+        ref = reference[key]
+        out[key] = torch.as_tensor(np.asarray(value)).to(ref.dtype).reshape(ref.shape).clone()
+    return out
+
+
 def save_team_weights(algo, ckpt_dir: Path) -> None:
     """Write every team module of ``algo`` under ``ckpt_dir/teams/``: its full state_dict as
     safetensors, and the description needed to rebuild it without pickle. The learner's copy
@@ -199,7 +210,7 @@ def save_team_weights(algo, ckpt_dir: Path) -> None:
         name = next((n for n, cls in MODULE_CLASSES.items() if type(module) is cls), None)
         if name is None:
             raise TypeError(f"module '{team}' is a {type(module).__name__}, not in MODULE_CLASSES")
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).clone() for k, v in weights[team].items()}
+        tensors = tensors_like(weights[team], module.state_dict())
         file = _weights_file(team, index)
         save_file(tensors, str(tmp / file), metadata={"format": FORMAT, "team": team})
         teams[team] = {
@@ -310,6 +321,9 @@ def _load_weights(ckpt: Path, team: str, desc: dict[str, Any], module: RLModule)
         )
     for key, value in tensors.items():
         want = expected[key]
+        if want.dim() == 0 and value.dtype == torch.float64 and tuple(value.shape) == (1,) and want.is_floating_point():
+            # Written before ``tensors_like``: a 0-d float buffer stored as float64 (1,).
+            value = tensors[key] = value.reshape(()).to(want.dtype)
         if value.shape != want.shape or value.dtype != want.dtype:
             raise UserError(
                 f"weights file '{path}': '{key}' is {value.dtype} {tuple(value.shape)}; "

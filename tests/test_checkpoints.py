@@ -306,3 +306,46 @@ def test_resume_adds_safe_weights_to_an_older_checkpoint(trained, tmp_path, caps
     for team in before:
         a, b = before[team].state_dict(), after[team].state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------ 0-d buffers (BN teams)
+def test_zero_dim_buffers_keep_their_dtype_and_shape_in_the_safe_weights():
+    """RLlib's get_weights() (convert_to_numpy) turns a 0-d tensor, such as LearnedDAG's
+    mode_share, into a Python float; the safe weights must still hold it as float32 ()."""
+    from ray.rllib.utils.numpy import convert_to_numpy
+
+    from marl.checkpoints import tensors_like
+    from tests.test_bn_policy import LEARNED
+    from tests.test_joint_policy import make_module
+
+    module = make_module(graph=LEARNED)
+    module.graph.mode_share.fill_(0.375)
+    reference = module.state_dict()
+    assert reference["graph.mode_share"].dim() == 0
+    tensors = tensors_like(convert_to_numpy(reference), reference)
+    assert tensors.keys() == reference.keys()
+    for key, value in tensors.items():
+        assert value.dtype == reference[key].dtype and value.shape == reference[key].shape, key
+        assert torch.equal(value, reference[key]), key
+
+
+def test_a_zero_dim_buffer_written_as_float64_of_shape_1_still_loads(tmp_path):
+    """Checkpoints written before the fix hold mode_share as float64 (1,): they load, the
+    value cast back to the module's float32 ()."""
+    from safetensors.torch import save_file
+
+    from marl.checkpoints import _load_weights, _sha256
+    from tests.test_bn_policy import LEARNED
+    from tests.test_joint_policy import make_module
+
+    written = make_module(graph=LEARNED, seed=3)
+    tensors = {k: v.clone() for k, v in written.state_dict().items()}
+    tensors["graph.mode_share"] = torch.tensor([0.375], dtype=torch.float64)
+    (tmp_path / "teams").mkdir()
+    save_file(tensors, str(tmp_path / "teams" / "team_0.safetensors"))
+    desc = {"weights": "team_0.safetensors", "sha256": _sha256(tmp_path / "teams" / "team_0.safetensors")}
+    module = make_module(graph=LEARNED, seed=4)
+    _load_weights(tmp_path, "team_0", desc, module)
+    assert module.graph.mode_share.dtype == torch.float32 and module.graph.mode_share.dim() == 0
+    assert float(module.graph.mode_share) == 0.375
+    assert torch.equal(module.state_dict()["actor.0.weight"], written.state_dict()["actor.0.weight"])

@@ -129,7 +129,8 @@ def mean_ci(values: list[float], seed: int = 0) -> dict[str, Any]:
     a = np.asarray(values, float)
     out: dict[str, Any] = {"mean": float(a.mean()), "n": int(a.size), "ci95": None}
     if a.size >= 2:
-        if np.all(a == a[0]):
+        if np.all(a == a[0]):  # the mean of equal values can miss them by an ulp: use the value
+            out["mean"] = float(a[0])
             out["ci95"] = [float(a[0]), float(a[0])]
         else:
             res = stats.bootstrap((a,), np.mean, confidence_level=0.95, n_resamples=CI_RESAMPLES,
@@ -197,6 +198,7 @@ def _plot_returns(slug: str, groups: list[Group], summaries: list[dict], out: Pa
     bars = [clean] + [s[f"{key}_attacked"] for s in summaries]
     means = [b["mean"] for b in bars]
     err = np.array([[m - b["ci95"][0], b["ci95"][1] - m] if b["ci95"] else [0, 0] for m, b in zip(means, bars, strict=True)]).T
+    err = np.clip(err, 0.0, None)  # matplotlib refuses negative error bars (a CI that rounding puts beside its mean)
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(labels), 3.6))
     colors = ["#4c72b0"] + ["#c44e52" if g.white_box else "#dd8452" for g in groups]
     ax.bar(range(len(labels)), means, yerr=err, color=colors, capsize=4)

@@ -323,6 +323,9 @@ def _load_weights(ckpt: Path, team: str, desc: dict[str, Any], module: RLModule)
         )
     for key, value in tensors.items():
         want = expected[key]
+        if want.dim() == 0 and value.dtype == torch.float64 and tuple(value.shape) == (1,) and want.is_floating_point():
+            # Written from RLlib's get_weights() (before 89938c2): a 0-d float buffer as float64 (1,).
+            value = tensors[key] = value.reshape(()).to(want.dtype)
         if value.shape != want.shape or value.dtype != want.dtype:
             raise UserError(
                 f"weights file '{path}': '{key}' is {value.dtype} {tuple(value.shape)}; "

@@ -313,3 +313,39 @@ def test_resume_adds_safe_weights_to_an_older_checkpoint(trained, tmp_path, caps
     for team in before:
         a, b = before[team].state_dict(), after[team].state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------ 0-d buffers (BN teams)
+@pytest.mark.slow
+def test_zero_dim_buffers_keep_their_dtype_and_shape_in_the_safe_weights(trained):
+    """RLlib's get_weights() (convert_to_numpy) turns a 0-d tensor, such as LearnedDAG's
+    mode_share, into a Python float; the safe weights must still hold it as float32 ()."""
+    from safetensors.torch import load_file
+
+    files = sorted((trained / "teams").glob("*.safetensors"))
+    shares = [load_file(str(f)).get("graph.mode_share") for f in files]
+    shares = [t for t in shares if t is not None]
+    assert shares, "the fixture trains a learned graph"
+    assert all(t.dtype == torch.float32 and t.shape == () for t in shares)
+
+
+def test_a_zero_dim_buffer_written_as_float64_of_shape_1_still_loads(tmp_path):
+    """Checkpoints written before the fix hold mode_share as float64 (1,): they load, the
+    value cast back to the module's float32 ()."""
+    from safetensors.torch import save_file
+
+    from marl.checkpoints import _load_weights, _sha256
+    from tests.test_bn_policy import LEARNED
+    from tests.test_joint_policy import make_module
+
+    written = make_module(graph=LEARNED, seed=3)
+    tensors = {k: v.clone() for k, v in written.state_dict().items()}
+    tensors["graph.mode_share"] = torch.tensor([0.375], dtype=torch.float64)
+    (tmp_path / "teams").mkdir()
+    save_file(tensors, str(tmp_path / "teams" / "team_0.safetensors"))
+    desc = {"weights": "team_0.safetensors", "sha256": _sha256(tmp_path / "teams" / "team_0.safetensors")}
+    module = make_module(graph=LEARNED, seed=4)
+    _load_weights(tmp_path, "team_0", desc, module)
+    assert module.graph.mode_share.dtype == torch.float32 and module.graph.mode_share.dim() == 0
+    assert float(module.graph.mode_share) == 0.375
+    assert torch.equal(module.state_dict()["actor.0.weight"], written.state_dict()["actor.0.weight"])

@@ -115,3 +115,18 @@ def test_run_py_report_command(runs, tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "rep2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: run directory") and not (tmp_path / "rep2").exists()
+
+
+def test_report_of_seeds_with_identical_results_draws_its_bars(tmp_path):
+    """Attacks that do not train can give the same figure for every seed; the mean of three
+    copies of -366.8836 is not exactly -366.8836 in floating point. The report must still
+    draw (matplotlib refuses negative error bars) with a CI that contains the mean."""
+    root = tmp_path / "attacks"
+    for s in range(3):
+        fake_run(root, f"random-{s}", "random", s, -401.79, -366.8836)
+    report = write_report([root], tmp_path / "report")
+    (victim,) = report["victims"].values()
+    (rnd,) = victim["attacks"]
+    lo, hi = rnd["return_attacked"]["ci95"]
+    assert lo <= rnd["return_attacked"]["mean"] <= hi
+    assert (tmp_path / "report" / victim["returns_png"]).is_file()

@@ -178,6 +178,23 @@ def summarise(group: Group) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- pictures
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> str:
+    """Write the figure as a PNG beside report.md; the name is what the report links."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path.name
+
+
 def _victim_slug(victim: str, k: int) -> str:
     parts = Path(victim).parts
     name = next((p for p in reversed(parts) if p not in ("checkpoints",) and not p.startswith("iter_")), f"victim{k}")
@@ -185,11 +202,7 @@ def _victim_slug(victim: str, k: int) -> str:
 
 
 def _plot_returns(slug: str, groups: list[Group], summaries: list[dict], out: Path, key: str, ylabel: str) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     if not all(f"{key}_clean" in s for s in summaries):
         return None
     labels = ["clean"] + [g.label for g in groups]
@@ -208,19 +221,11 @@ def _plot_returns(slug: str, groups: list[Group], summaries: list[dict], out: Pa
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(f"{slug}: victim {ylabel}\n(mean, 95% CI over attack seeds; dots: seeds)", fontsize=9)
-    fig.tight_layout()
-    name = f"{slug}_{key}.png"
-    fig.savefig(out / name, dpi=110)
-    plt.close(fig)
-    return name
+    return _save(fig, out / f"{slug}_{key}.png")
 
 
 def _plot_curves(slug: str, groups: list[Group], out: Path) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     trained = [g for g in groups if any(r.curve for r in g.runs)]
     if not trained:
         return None
@@ -240,19 +245,11 @@ def _plot_curves(slug: str, groups: list[Group], out: Path) -> str | None:
     ax.set_ylabel("attacker return (−victim return)")
     ax.set_title(f"{slug}: attack learning curves (mean, 95% t band)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    name = f"{slug}_curves.png"
-    fig.savefig(out / name, dpi=110)
-    plt.close(fig)
-    return name
+    return _save(fig, out / f"{slug}_curves.png")
 
 
 def _plot_histograms(slug: str, groups: list[Group], summaries: list[dict], out: Path) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     pairs = [(g, s["action_histogram"]) for g, s in zip(groups, summaries, strict=True) if "action_histogram" in s]
     if not pairs:
         return None
@@ -267,11 +264,7 @@ def _plot_histograms(slug: str, groups: list[Group], summaries: list[dict], out:
     axes[0][0].set_ylabel("share of steps")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{slug}: actions of the attacked agent", fontsize=10)
-    fig.tight_layout()
-    name = f"{slug}_actions.png"
-    fig.savefig(out / name, dpi=110)
-    plt.close(fig)
-    return name
+    return _save(fig, out / f"{slug}_actions.png")
 
 
 # --------------------------------------------------------------------------------- writing

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import random
 import shutil
 import sys
@@ -49,7 +48,6 @@ from marl.progress import Progress
 
 RUN_STATE = "run_state.json"
 RNG_STATE = "rng_state.json"
-LEGACY_RNG_STATE = "rng_state.pkl"  # written before rng_state.json; read only on resume of one's own run
 KEEP_CHECKPOINTS = 5
 # Learner metrics copied into metrics.jsonl (and TensorBoard) under the same names.
 LEARNER_KEYS = {
@@ -120,14 +118,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
 
 
-def read_rng_state(ckpt: Path) -> dict[str, Any]:
+def read_rng_state(ckpt: Path) -> dict[str, Any] | None:
+    """The RNG state saved with a checkpoint, or None for one written before rng_state.json
+    (its rng_state.pkl is never unpickled; the process is then re-seeded instead)."""
     if (ckpt / RNG_STATE).is_file():
         return json.loads((ckpt / RNG_STATE).read_text())
-    # A checkpoint of one's own run written before rng_state.json; RLlib's restore of the
-    # same directory unpickles its files anyway.
-    with open(ckpt / LEGACY_RNG_STATE, "rb") as f:
-        state = pickle.load(f)
-    return {"python": list(state["python"]), "numpy": list(state["numpy"]), "torch": state["torch"].tolist()}
+    return None
 
 
 # ---------------------------------------------------------------------------- trainer
@@ -199,7 +195,11 @@ class Trainer:
             seed_everything(self.cfg.seed)
         else:
             self.algo.restore_from_path(str(resume_from.resolve()))
-            set_rng_state(read_rng_state(resume_from))
+            state = read_rng_state(resume_from)
+            if state is not None:
+                set_rng_state(state)
+            else:  # an older checkpoint: fresh but reproducible, from (seed, iteration)
+                seed_everything(self.cfg.seed + 7919 * self.state.iteration)
             if not has_team_weights(resume_from):  # written before safe weights existed
                 save_team_weights(self.algo, resume_from)
         from torch.utils.tensorboard import SummaryWriter
@@ -380,8 +380,6 @@ def load_run(run_dir: Path) -> tuple[Config, Path]:
         raise UserError(f"run directory '{run_dir}' has no checkpoint under checkpoints/ to resume from")
     if not (ckpt / RUN_STATE).is_file():
         raise UserError(f"checkpoint '{ckpt}' lacks {RUN_STATE}; it was not written by run.py train")
-    if not (ckpt / RNG_STATE).is_file() and not (ckpt / LEGACY_RNG_STATE).is_file():
-        raise UserError(f"checkpoint '{ckpt}' lacks {RNG_STATE}; it was not written by run.py train")
     try:
         RunState(**json.loads((ckpt / RUN_STATE).read_text()))
     except (json.JSONDecodeError, TypeError) as e:

@@ -298,15 +298,16 @@ def test_resume_adds_safe_weights_to_an_older_checkpoint(trained, tmp_path, caps
     shutil.copytree(trained.parent.parent, run)
     ckpt = run / "checkpoints" / trained.name
     shutil.rmtree(ckpt / "teams")  # as written before this change: no safe weights,
-    (ckpt / "rng_state.json").unlink()  # and the RNG state as a pickle
-    with open(ckpt / "rng_state.pkl", "wb") as f:
-        pickle.dump({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}, f)
+    (ckpt / "rng_state.json").unlink()  # and the RNG state as a pickle: resume never reads it
+    marker = tmp_path / "PWNED"
+    (ckpt / "rng_state.pkl").write_bytes(pickle.dumps(Bait(marker)))
     assert main(["evaluate", str(run), "--episodes", "1"]) == 2
     err = one_error_line(capsys)
     assert "lacks safe team weights" in err and "run.py resume" in err
     resumed = run_cli("resume", str(run))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (ckpt / "teams" / "teams.json").is_file()
+    assert not marker.exists()
     from marl.checkpoints import load_checkpoint
 
     before, after = load_checkpoint(trained).modules, load_checkpoint(ckpt).modules

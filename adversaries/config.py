@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from adversaries.base import AdversaryPlugin, AttackContext
 from adversaries.registry import get_plugin
 from adversaries.victims import load_victim_checkpoint, trained_team
-from marl.checkpoints import TeamCheckpoint, space_signature
+from marl.checkpoints import TeamCheckpoint, check_team_fits
 from marl.config import (
     CONFIG_DIR,
     AlgoConfig,
@@ -38,7 +38,7 @@ from marl.config import (
     parse_overrides,
     read_yaml,
 )
-from marl.errors import ConfigError, UserError
+from marl.errors import ConfigError
 
 ATTACK_BASE = CONFIG_DIR / "attack" / "base.yaml"
 
@@ -173,17 +173,8 @@ def resolve(cfg: AttackConfig) -> AttackSetup:
         team = cfg.victim.team or trained_team(victim.cfg, teams)
         if team not in teams:
             raise ConfigError(f"config key 'victim.team': the env has no team '{team}' (teams: {', '.join(teams)})")
-        for t in teams:
-            module = victim.modules.get(t)
-            if module is None:
-                raise UserError(f"victim '{victim.ckpt}' has no module for team '{t}' (modules: {sorted(victim.modules)})")
-            got = (space_signature(victim.observation_spaces[t]), space_signature(victim.action_spaces[t]))
-            want = (space_signature(env.observation_spaces[t]), space_signature(env.action_spaces[t]))
-            if got != want:
-                raise UserError(
-                    f"victim '{victim.ckpt}': team '{t}' was trained for observations {got[0]} and "
-                    f"actions {got[1]}, but the env {env_cfg.import_} gives {want[0]} and {want[1]}"
-                )
+        for t in teams:  # every team of the env is played by the victim checkpoint's module
+            check_team_fits(victim, t, env)
         spec = env.specs[team]
     finally:
         env.close()

@@ -35,11 +35,12 @@ def evaluate(
     loaded = load_checkpoint(checkpoint)
     ckpt, modules = loaded.ckpt, loaded.modules
     env = build_env(loaded.cfg.env)
-    for team in env.teams:
-        if team not in modules:
-            env.close()
-            raise UserError(f"'{loaded.teams_file}' has no module for team '{team}' of its own env")
-        check_team_fits(loaded, team, env)
+    try:
+        for team in env.teams:  # names the file if a module is missing or of another shape
+            check_team_fits(loaded, team, env)
+    except UserError:
+        env.close()
+        raise
     if decentralized:  # Bayesian-network teams executed with the empty graph
         for module in modules.values():
             if hasattr(module, "decentralize"):  # scripted teams have no graph

@@ -81,12 +81,24 @@ def make_env(setup: AttackSetup, plugin, render: bool = False) -> AttackEnv:
     return env
 
 
-def run_episode(env: AttackEnv, seed: int, policy: Callable | None, attacked: bool, plugin=None, frames=None):
-    """One episode on env seed ``seed``: (team return, won or None, actions of the attacked
-    agents at each step [T, k(, c)])."""
-    torch.manual_seed(seed)
+def episode_rng_seed(seed: int, attack_seed: int | None) -> int:
+    """The seed of an episode's sampling. Clean: the episode seed alone, so every attack on a
+    victim is compared with the same clean episodes. Attacked: the episode seed and the attack
+    seed together, so that attack seeds differ in the attacker's randomness (the random rule,
+    PGD's random start, a trained attacker's sampling) and not only in its weights."""
+    if attack_seed is None:
+        return seed
+    return int(np.random.SeedSequence([attack_seed, seed]).generate_state(1)[0])
+
+
+def run_episode(env: AttackEnv, seed: int, policy: Callable | None, attacked: bool, plugin=None, frames=None,
+                attack_seed: int | None = None):
+    """One episode on env seed ``seed`` (the same start for clean and attacked: paired):
+    (team return, won or None, actions of the attacked agents at each step [T, k(, c)])."""
+    rng_seed = episode_rng_seed(seed, attack_seed if attacked else None)
+    torch.manual_seed(rng_seed)
     if plugin is not None and hasattr(plugin, "rng"):
-        plugin.rng = np.random.default_rng(seed)
+        plugin.rng = np.random.default_rng(rng_seed)
     perturb = env.perturb
     env.perturb = perturb if attacked else None
     obs, _ = env.reset(seed=seed)
@@ -131,7 +143,7 @@ def evaluate_attack(setup: AttackSetup, run_dir: Path, module=None, env_steps: i
     for name, attacked in (("clean", False), ("attacked", True)):
         runs[name] = {"returns": [], "wins": [], "actions": []}
         for seed in seeds:
-            ret, won, taken = run_episode(env, seed, policy, attacked, plugin)
+            ret, won, taken = run_episode(env, seed, policy, attacked, plugin, attack_seed=cfg.seed)
             runs[name]["returns"].append(ret)
             if won is not None:
                 runs[name]["wins"].append(won)
@@ -191,7 +203,7 @@ def _gifs(setup: AttackSetup, plugin, policy, seed: int, run_dir: Path) -> list[
     (run_dir / "plots").mkdir(exist_ok=True)
     for name, attacked in (("clean", False), ("attacked", True)):
         frames: list[np.ndarray] = []
-        run_episode(env, seed, policy, attacked, plugin, frames)
+        run_episode(env, seed, policy, attacked, plugin, frames, attack_seed=setup.cfg.seed)
         path = run_dir / "plots" / f"episode_{name}.gif"
         imageio.mimsave(path, [f for f in frames if isinstance(f, np.ndarray)], duration=0.1, loop=0)
         out.append(str(path.relative_to(run_dir)))

@@ -170,6 +170,20 @@ def test_attack_eval_is_paired_and_complete(gleave_run, victim, capsys, tmp_path
     assert other["attack_env_steps"] == 0 and not (Path(out[-1]) / "checkpoints").exists()
 
 
+def test_attack_seeds_differ_in_the_attackers_randomness_not_in_the_clean_episodes(victim, capsys, tmp_path):
+    results = []
+    for seed in (0, 1, 0):
+        code, out, err = run_main(capsys, "attack", str(victim), "--adversary", "random", *EVAL, f"seed={seed}",
+                                  f"output_dir={tmp_path / str(len(results))}")
+        assert code == 0, err[-5:]
+        results.append(json.loads((Path(out[-1]) / "attack_eval.json").read_text()))
+    s0, s1, again = results
+    assert s0["clean"]["returns"] == s1["clean"]["returns"]  # paired: one clean baseline per victim
+    assert s0["action_histogram"]["attacker"] != s1["action_histogram"]["attacker"]
+    assert s0["attacked"]["returns"] != s1["attacked"]["returns"]
+    assert again["attacked"]["returns"] == s0["attacked"]["returns"]  # and reproducible
+
+
 def test_resume_of_an_attack_run(gleave_run, capsys):
     run_dir = gleave_run[0]
     shutil.rmtree(run_dir / "checkpoints" / "iter_000002")

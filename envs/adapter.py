@@ -32,6 +32,9 @@ DEFAULT_TEAM = "team_0"
 class TeamGroupingError(ValueError):
     """``env.teams`` does not split the env's agents into disjoint, covering teams."""
 WIN_INFO_KEYS = ("battle_won", "won")
+# Per-agent info: False when the env executed another action than the agent's (partial
+# control). Teams get an [n] array; learners leave unexecuted actions out of the surrogate.
+EXECUTED_INFO = "executed"
 
 
 def resolve_env_factory(import_path: str) -> Callable[..., Any]:
@@ -230,11 +233,15 @@ class TeamEnv(MultiAgentEnv):
 
     def _team_info(self, team: str, infos: dict) -> dict:
         out: dict[str, Any] = {}
+        executed = []
         for agent in self.specs[team].agents:
             info = infos.get(agent) or {}
             for key in WIN_INFO_KEYS:
                 if key in info:
                     out["won"] = bool(out.get("won", False) or info[key])
+            executed.append(info.get(EXECUTED_INFO))
+        if any(e is not None for e in executed):  # an agent's action was replaced: say whose
+            out[EXECUTED_INFO] = np.array([True if e is None else bool(e) for e in executed])
         return out
 
     # -------------------------------------------------------------------------- API

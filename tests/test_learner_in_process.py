@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pytest
 import yaml
 
@@ -80,3 +81,32 @@ def test_resumed_run_uses_the_same_scheduled_values_as_an_uninterrupted_one(tmp_
     for row, it in zip(rows, uninterrupted, strict=True):
         assert row["approx_kl"] == pytest.approx(np.mean([c["approx_kl"] for c in it]), rel=1e-5)
         assert row["clip_fraction"] == pytest.approx(np.mean([c["clip_fraction"] for c in it]), rel=1e-5, abs=1e-9)
+
+
+def test_executed_flags_reach_the_loss_row_by_row(tmp_path, monkeypatch):
+    """The env's per-agent ``executed`` infos arrive in the learner's batch aligned with the
+    actions they describe (the info of action t comes with observation t+1), through RLlib's
+    real connector pipeline: chunk boundaries and the bootstrap row included."""
+    from envs.adapter import TeamEnv
+    from tests.toy_envs import OverrideEnv
+
+    seen = []
+    original = joint_ppo.JointPPOLearner.compute_loss_for_module
+
+    def compute(self, *, module_id, config, batch, fwd_out):
+        seen.append({k: batch[k].detach().clone() for k in ("executed", "loss_mask") if k in batch}
+                    | {"t": batch["obs"]["obs"][..., 0].detach().clone()})
+        return original(self, module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
+
+    monkeypatch.setattr(joint_ppo.JointPPOLearner, "compute_loss_for_module", compute)
+    overrides = [*TINY[:5], "env={import: 'tests.toy_envs:override_env', kwargs: {max_steps: 7}}",
+                 "train.total_env_steps=400", f"output_dir={tmp_path}"]
+    train(load_config(None, overrides))
+    assert seen and all("executed" in s for s in seen)
+    assert TeamEnv({"import": "tests.toy_envs:override_env", "kwargs": {"max_steps": 7}}).specs  # one team
+    for s in seen:
+        real = s["loss_mask"].bool()
+        t = s["t"][real].round().long()  # [rows, n agents]: every agent sees the step count
+        want = torch.stack([torch.tensor([OverrideEnv.executed(int(x), i) for i in range(2)]) for x in t[:, 0]])
+        assert torch.equal(s["executed"][real].bool(), want)
+        assert 0 < s["executed"][real].mean() < 1

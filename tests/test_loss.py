@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
 from marl.learners.gae import TeamGAE
@@ -182,3 +183,34 @@ def test_team_gae_per_agent_critics_terminated_vs_truncated(how):
     adv = np.stack([np.array(HAND[how][0]) - [1, 2, 3], HAND[how][1]], 1)
     expected = (adv - adv.mean()) / adv.std()
     assert out[Postprocessing.ADVANTAGES][:3, :2].numpy() == pytest.approx(expected, abs=1e-4)
+
+
+def test_unexecuted_actions_leave_the_surrogate_and_nothing_else():
+    """A slot whose action the env did not execute (partial control) has no policy term: its
+    old log-prob can be anything. Executed slots and the value and entropy terms are kept."""
+    b = 32
+    m = make_module({"mode": "empty"})
+    obs = make_obs(b=b)
+    with torch.no_grad():
+        out = m.forward_exploration({Columns.OBS: obs})
+    batch = _batch(m, obs, out, b)
+    executed = torch.ones(b, N)
+    executed[::2, 1] = 0.0  # agent 1's action ran on odd rows only
+    batch["executed"] = executed
+    moved = {**batch, Columns.ACTION_DIST_INPUTS: batch[Columns.ACTION_DIST_INPUTS].clone()}
+    moved[Columns.ACTION_DIST_INPUTS].view(b, N, A)[::2, 1] += torch.randn(b // 2, A) * 3
+    loss, stats = joint_ppo_loss(m, batch, m.forward_train(batch), **KW)
+    loss_moved, stats_moved = joint_ppo_loss(m, moved, m.forward_train(moved), **KW)
+    assert torch.allclose(loss, loss_moved) and torch.allclose(stats["approx_kl"], stats_moved["approx_kl"])
+    # Without the flags the moved old log-probs do count.
+    plain = {k: v for k, v in moved.items() if k != "executed"}
+    assert not torch.allclose(joint_ppo_loss(m, plain, m.forward_train(plain), **KW)[0], loss)
+    # The surrogate is the mean over executed slots only (ratio 1 before any update).
+    adv = batch[Postprocessing.ADVANTAGES].reshape(b, 1).expand(b, N)
+    expected = -(adv * executed).sum() / executed.sum()
+    assert torch.allclose(stats[POLICY_LOSS_KEY], expected, atol=1e-6)
+    # Entropy and value terms still count every alive agent.
+    ref = {**batch, "executed": torch.ones(b, N)}
+    _, ref_stats = joint_ppo_loss(m, ref, m.forward_train(ref), **KW)
+    assert torch.allclose(stats[ENTROPY_KEY], ref_stats[ENTROPY_KEY])
+    assert torch.allclose(stats[VF_LOSS_KEY], ref_stats[VF_LOSS_KEY])

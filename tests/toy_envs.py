@@ -118,3 +118,48 @@ class BrokenStepEnv:
 
 def broken_step_env():
     return BrokenStepEnv()
+
+
+class OverrideEnv(ParallelEnv):
+    """Two agents; the observation is the step count t. The env executes agent i's action at
+    step t only when (t + i) is even, and says so in ``infos[agent]['executed']``; otherwise
+    it executes action 0. Rewards pay executed action 1. Episodes last ``max_steps``."""
+
+    metadata = {"name": "override_v0"}
+
+    def __init__(self, max_steps: int = 7):
+        self.possible_agents = ["agent_0", "agent_1"]
+        self.max_steps = max_steps
+
+    @functools.cache  # noqa: B019
+    def observation_space(self, agent):
+        return spaces.Box(0, 1000, (1,), np.float32)
+
+    @functools.cache  # noqa: B019
+    def action_space(self, agent):
+        return spaces.Discrete(2)
+
+    @staticmethod
+    def executed(t: int, i: int) -> bool:
+        return (t + i) % 2 == 0
+
+    def reset(self, seed=None, options=None):
+        self.agents = list(self.possible_agents)
+        self.t = 0
+        return {a: np.array([0.0], np.float32) for a in self.agents}, {a: {} for a in self.agents}
+
+    def step(self, actions):
+        run = {a: self.executed(self.t, i) for i, a in enumerate(self.possible_agents)}
+        rewards = {a: float(actions[a] if run[a] else 0) for a in self.agents}
+        infos = {a: {"executed": run[a]} for a in self.agents}
+        self.t += 1
+        obs = {a: np.array([self.t], np.float32) for a in self.agents}
+        truncs = {a: self.t >= self.max_steps for a in self.agents}
+        terms = {a: False for a in self.agents}
+        if self.t >= self.max_steps:
+            self.agents = []
+        return obs, rewards, terms, truncs, infos
+
+
+def override_env(**kwargs):
+    return OverrideEnv(**kwargs)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.connectors.common import AgentToModuleMapping
 from ray.rllib.connectors.learner import GeneralAdvantageEstimation
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
@@ -23,6 +24,7 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from marl.graphs.annealing import DensitySchedule
+from marl.learners.executed import EXECUTED, ExecutedActions
 from marl.learners.gae import TeamGAE
 from marl.modules.joint_policy import DAG_DENSITY
 
@@ -42,6 +44,8 @@ class JointPPOLearner(PPOTorchLearner):
             self._learner_connector.append(
                 TeamGAE(gamma=self.config.gamma, lambda_=self.config.lambda_)
             )
+            # Per (step, agent): was the sampled action executed? (partial control)
+            self._learner_connector.insert_before(AgentToModuleMapping, ExecutedActions())
 
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
         # Frozen and scripted teams are never updated: no optimizer (a scripted team has no
@@ -133,14 +137,20 @@ def joint_ppo_loss(
         # agent's zero action under a far mean and a small std), and inf·0 is NaN.
         return torch.where(valid, x, torch.zeros_like(x)).sum() / n_valid
 
+    # The surrogate leaves out actions the env did not execute (marl/learners/executed.py:
+    # a partially controlled agent's replaced action, an attacker's dropped one).
+    executed = batch.get(EXECUTED)
+    acted = valid if executed is None else valid & (executed.reshape(b, n) > 0)
+    n_acted = acted.sum().clamp(min=1)
+
     # The log-ratio is masked before exp, so masked slots have ratio exactly 1.
-    log_ratio = torch.where(valid, logp - old_logp, torch.zeros_like(logp))
+    log_ratio = torch.where(acted, logp - old_logp, torch.zeros_like(logp))
     ratio = torch.exp(log_ratio)
 
     # Clipped surrogate per agent (Schulman et al. 2017, eq. 7) with the team advantage.
     adv = batch[Postprocessing.ADVANTAGES].reshape(b, -1).expand(b, n)
     surrogate = torch.min(ratio * adv, torch.clamp(ratio, 1 - clip_param, 1 + clip_param) * adv)
-    policy_loss = -masked_mean(surrogate)
+    policy_loss = -torch.where(acted, surrogate, torch.zeros_like(surrogate)).sum() / n_acted
     mean_entropy = masked_mean(module.head.entropy(params))
 
     # Value loss on normalised targets (Yu et al. 2022: value normalisation + Huber loss).
@@ -156,8 +166,8 @@ def joint_ppo_loss(
 
     total = policy_loss + vf_loss_coeff * vf_loss - entropy_coeff * mean_entropy
     with torch.no_grad():
-        approx_kl = masked_mean((ratio - 1) - log_ratio)
-        clip_frac = masked_mean(((ratio - 1).abs() > clip_param).float())
+        approx_kl = ((ratio - 1) - log_ratio).sum() / n_acted  # 0 at masked slots
+        clip_frac = torch.where(acted, (ratio - 1).abs() > clip_param, False).float().sum() / n_acted
     stats: dict[str, Any] = {
         POLICY_LOSS_KEY: policy_loss,
         VF_LOSS_KEY: vf_loss,

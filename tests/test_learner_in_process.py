@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
 import pytest
+import torch
 import yaml
 
 import marl.learners.joint_ppo as joint_ppo

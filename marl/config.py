@@ -180,6 +180,9 @@ class Config(Strict):
     algo: AlgoConfig
     runners: RunnersConfig
     train: TrainConfig
+    # A training-time defense (marl/defenses.py): null = plain training; else a mapping with
+    # `name` (a registered defense), `budget` and the defense's own keys, checked by its schema.
+    defense: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _default_name(self) -> Config:
@@ -314,8 +317,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         config = Config.model_validate(merged)
     except ValidationError as e:
         raise ConfigError(_format_error(e.errors()[0])) from None
+    _check_defense(config)
     _check_against_env(config)
     return config
+
+
+def _check_defense(config: Config, where: str = "") -> None:
+    """The ``defense`` section against its defense's schema, completed with its defaults."""
+    from marl.defenses import validate_defense
+
+    try:
+        config.defense = validate_defense(config.defense)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e}") from None
 
 
 def build_env(env_config: EnvConfig):
@@ -352,7 +366,14 @@ def _check_against_env(config: Config) -> None:
             _check_frozen_team(team, role, env)
     if all(config.teams.get(t, TeamRole()).role != "train" for t in env.specs):
         raise ConfigError("config key 'teams': every team is frozen or scripted; at least one must train")
-    env.close()
+    from marl.defenses import defense_for
+
+    defense = defense_for(config)
+    try:
+        if defense is not None:
+            defense.check(config, env)
+    finally:
+        env.close()
     for j, i in config.model.graph.edges:
         if max(i, j) >= min(sizes):
             raise ConfigError(
@@ -367,6 +388,7 @@ def config_from_file(path: Path) -> Config:
         config = Config.model_validate(_merge([_read_yaml(BASE_CONFIG), _read_yaml(path)]))
     except ValidationError as e:
         raise ConfigError(f"{path}: {_format_error(e.errors()[0])}") from None
+    _check_defense(config, where=f"{path}: ")
     return config
 
 

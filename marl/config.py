@@ -195,9 +195,9 @@ class Config(Strict):
 
 
 def default_run_name(cfg: Config) -> str:
-    """<algorithm>[-<graph mode>]-<env>: mappo (empty graph), ippo (per-agent critics) or
-    bn_mappo with its graph mode; the env from its import path (version suffix dropped) and
-    its scenario or map where the kwargs name one."""
+    """<algorithm>[-<graph mode>]-<env>[-<defense>]: mappo (empty graph), ippo (per-agent
+    critics) or bn_mappo with its graph mode; the env from its import path (version suffix
+    dropped) and its scenario or map where the kwargs name one; the defense's name if any."""
     graph = cfg.model.graph.mode
     if graph != "empty":
         algo = f"bn_{cfg.algo.name}-{graph}"
@@ -209,7 +209,9 @@ def default_run_name(cfg: Config) -> str:
     for key in ("scenario", "map_name", "agent_conf"):
         if isinstance(cfg.env.kwargs.get(key), str | int):
             env += f"_{cfg.env.kwargs[key]}"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{algo}-{env}")
+    defense = cfg.defense.get("name") if isinstance(cfg.defense, dict) else None
+    suffix = f"-{defense}" if isinstance(defense, str) else ""  # a defended run says so
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{algo}-{env}{suffix}")
 
 
 # ------------------------------------------------------------------------------ loading

@@ -70,6 +70,7 @@ def test_defense_is_registered_and_its_defaults_fill_the_config():
         "name": "adversarial_training", "budget": 0.2, "agents": [2], "teams": None,
         "attacker_lr_scale": 10.0, "attacker_updates": 1,
     }
+    assert cfg.name == "mappo-coordination_game-adversarial_training"
     assert load_config(COORD3).defense is None  # the default: no defense
 
 
@@ -284,3 +285,22 @@ def test_defended_run_writes_metrics_and_resumes_with_the_attacker_state(tmp_pat
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
     assert all(r["defense/replaced_fraction"] is not None for r in rows)
+
+
+@pytest.mark.slow
+def test_competitive_defense_trains_both_seats_in_rllib(tmp_path):
+    """simple_push, both teams defended: each episode one attacker partly controls the other
+    team; both attackers and both teams train in the one Algorithm."""
+    from marl.train import train
+
+    run = train(load_config(PUSH, [*TINY, "defense.name=adversarial_training", "defense.budget=0.5",
+                                  "train.total_env_steps=200", f"output_dir={tmp_path}"]))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for team in ("adversary", "good", "attacker_adversary", "attacker_good"):
+        assert any(f"{team}/policy_loss" in r for r in rows), team
+    assert all(0.2 < r["defense/replaced_fraction"] < 0.8 for r in rows)
+    # The teams' return excludes the attackers' (zero-sum) rewards.
+    last = rows[-1]
+    assert last["episode_return_mean"] == pytest.approx(
+        last["adversary/episode_return_mean"] + last["good/episode_return_mean"])

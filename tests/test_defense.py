@@ -215,11 +215,22 @@ def _changed(a: dict, b: dict) -> bool:
 
 
 @pytest.mark.slow
-def test_two_timescales_in_one_algorithm(tmp_path):
+def test_two_timescales_in_one_algorithm(tmp_path, monkeypatch):
     """K = 2: the team's module changes on every 2nd iteration only, the attacker's on every
-    one, each with its own learning rate; metrics carry the attacker's return and the share
-    of replaced steps."""
+    one, each with its own learning rate. The learner's batches carry the wrapper's flags:
+    α's replaced steps and the attacker's unplayed ones are out of the surrogates."""
+    import marl.learners.joint_ppo as joint_ppo
     from marl.train import Trainer, create_run_dir
+
+    seen: list[tuple[str, torch.Tensor]] = []
+    original = joint_ppo.JointPPOLearner.compute_loss_for_module
+
+    def compute(self, *, module_id, config, batch, fwd_out):
+        real = batch["loss_mask"].bool()
+        seen.append((module_id, batch["executed"][real].detach().clone()))
+        return original(self, module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
+
+    monkeypatch.setattr(joint_ppo.JointPPOLearner, "compute_loss_for_module", compute)
 
     cfg = load_config(COORD3, [*TINY, *DEFENSE, "defense.attacker_updates=2", "algo.lr=1e-3",
                                "train.total_env_steps=300", f"output_dir={tmp_path}"])
@@ -233,11 +244,18 @@ def test_two_timescales_in_one_algorithm(tmp_path):
         assert lrs == {"team_0": pytest.approx(1e-3), "attacker_team_0": pytest.approx(1e-2)}
         team, att = _weights(trainer.algo, "team_0"), _weights(trainer.algo, "attacker_team_0")
         for it in range(1, 4):
+            seen.clear()
             trainer.algo.train()
             team2, att2 = _weights(trainer.algo, "team_0"), _weights(trainer.algo, "attacker_team_0")
             assert _changed(team, team2) == (it % 2 == 0), it
             assert _changed(att, att2), it
             team, att = team2, att2
+            flags = {m: torch.cat([f for mid, f in seen if mid == m]) for m, _ in seen}
+            assert ("team_0" in flags) == (it % 2 == 0), it  # no team loss between its updates
+            assert 0.25 < flags["attacker_team_0"].float().mean() < 0.75  # ε_d = 0.5
+            if "team_0" in flags:  # α = agent 0: out where replaced; agents 1, 2 always in
+                assert 0.25 < flags["team_0"][:, 0].float().mean() < 0.75
+                assert flags["team_0"][:, 1:].bool().all()
         trainer.run()  # the Trainer's own rows (the budget is already spent after 3 iterations)
     finally:
         trainer.stop()

@@ -22,6 +22,7 @@ from envs.adapter import TeamEnv
 from marl.callbacks import WinRateCallback
 from marl.checkpoints import MODULE_CLASSES, frozen_source, load_frozen_teams
 from marl.config import Config, EnvConfig, TeamRole, build_env
+from marl.defenses import defense_for
 from marl.learners import JointPPOLearner
 from marl.modules import JointPolicyModule
 from marl.modules.scripted import ScriptedTeamModule
@@ -81,9 +82,9 @@ def trained_teams(cfg: Config) -> list[str]:
 
 
 def build_mappo(cfg: Config) -> AlgorithmConfig:
-    """MAPPO (Yu et al. 2022) and, through the graph, BN-MAPPO (Chen & Zhang 2023)."""
-    return build_ppo(
-        cfg,
+    """MAPPO (Yu et al. 2022) and, through the graph, BN-MAPPO (Chen & Zhang 2023). A
+    configured defense (marl/defenses.py) builds from the same parts."""
+    parts = dict(
         env=TeamEnv,
         env_config=cfg.to_dict()["env"],
         rl_module_spec=module_spec(cfg),
@@ -92,6 +93,10 @@ def build_mappo(cfg: Config) -> AlgorithmConfig:
         learner_config=learner_extras(cfg),
         on_algorithm_init=frozen_weights(cfg),
     )
+    defense = defense_for(cfg)
+    if defense is not None:
+        return defense.build(cfg, parts)
+    return build_ppo(cfg, **parts)
 
 
 def build_ppo(

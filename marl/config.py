@@ -180,6 +180,9 @@ class Config(Strict):
     algo: AlgoConfig
     runners: RunnersConfig
     train: TrainConfig
+    # A training-time defense (marl/defenses.py): null = plain training; else a mapping with
+    # `name` (a registered defense), `budget` and the defense's own keys, checked by its schema.
+    defense: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _default_name(self) -> Config:
@@ -192,9 +195,9 @@ class Config(Strict):
 
 
 def default_run_name(cfg: Config) -> str:
-    """<algorithm>[-<graph mode>]-<env>: mappo (empty graph), ippo (per-agent critics) or
-    bn_mappo with its graph mode; the env from its import path (version suffix dropped) and
-    its scenario or map where the kwargs name one."""
+    """<algorithm>[-<graph mode>]-<env>[-<defense>]: mappo (empty graph), ippo (per-agent
+    critics) or bn_mappo with its graph mode; the env from its import path (version suffix
+    dropped) and its scenario or map where the kwargs name one; the defense's name if any."""
     graph = cfg.model.graph.mode
     if graph != "empty":
         algo = f"bn_{cfg.algo.name}-{graph}"
@@ -206,7 +209,9 @@ def default_run_name(cfg: Config) -> str:
     for key in ("scenario", "map_name", "agent_conf"):
         if isinstance(cfg.env.kwargs.get(key), str | int):
             env += f"_{cfg.env.kwargs[key]}"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{algo}-{env}")
+    defense = cfg.defense.get("name") if isinstance(cfg.defense, dict) else None
+    suffix = f"-{defense}" if isinstance(defense, str) else ""  # a defended run says so
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{algo}-{env}{suffix}")
 
 
 # ------------------------------------------------------------------------------ loading
@@ -314,8 +319,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         config = Config.model_validate(merged)
     except ValidationError as e:
         raise ConfigError(_format_error(e.errors()[0])) from None
+    _check_defense(config)
     _check_against_env(config)
     return config
+
+
+def _check_defense(config: Config, where: str = "") -> None:
+    """The ``defense`` section against its defense's schema, completed with its defaults."""
+    from marl.defenses import validate_defense
+
+    try:
+        config.defense = validate_defense(config.defense)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e}") from None
 
 
 def build_env(env_config: EnvConfig):
@@ -352,7 +368,14 @@ def _check_against_env(config: Config) -> None:
             _check_frozen_team(team, role, env)
     if all(config.teams.get(t, TeamRole()).role != "train" for t in env.specs):
         raise ConfigError("config key 'teams': every team is frozen or scripted; at least one must train")
-    env.close()
+    from marl.defenses import defense_for
+
+    defense = defense_for(config)
+    try:
+        if defense is not None:
+            defense.check(config, env)
+    finally:
+        env.close()
     for j, i in config.model.graph.edges:
         if max(i, j) >= min(sizes):
             raise ConfigError(
@@ -367,6 +390,7 @@ def config_from_file(path: Path) -> Config:
         config = Config.model_validate(_merge([_read_yaml(BASE_CONFIG), _read_yaml(path)]))
     except ValidationError as e:
         raise ConfigError(f"{path}: {_format_error(e.errors()[0])}") from None
+    _check_defense(config, where=f"{path}: ")
     return config
 
 

@@ -178,6 +178,9 @@ class Trainer:
         self.algo = None
         self.writer = None
         self._tb_extra: dict[str, Any] = {}
+        from marl.defenses import defense_for
+
+        self.defense = defense_for(cfg)  # None without one (and for attack runs)
 
     # .............................................................. construction
     def build(self, resume_from: Path | None = None) -> None:
@@ -264,6 +267,10 @@ class Trainer:
         for module_id, stats in learners.items():
             if module_id.startswith("__") or not isinstance(stats, dict):
                 continue
+            if "num_module_steps_trained" in stats and not _num(stats["num_module_steps_trained"]):
+                # The module sat this update out (a slower timescale, or no steps of it in the
+                # batch): RLlib reports its emptied means as NaN. It has no metrics this time.
+                continue
             prefix = "" if len(self.algo.config.policies) == 1 else f"{module_id}/"
             for src, dst in LEARNER_KEYS.items():
                 if src in stats:
@@ -276,6 +283,8 @@ class Trainer:
                     # Namespaced metrics of auxiliary learners (e.g. an attack's "ami/maa_loss").
                     self._nonfinite |= not _finite(value)
                     row[prefix + key] = _num(value)
+        if self.defense is not None:  # e.g. the attacker's return, the share of replaced steps
+            self.defense.record(result, row)
         return row
 
     def _healthy(self, row: dict[str, Any]) -> bool:

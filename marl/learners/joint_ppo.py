@@ -7,6 +7,12 @@ IPPO). Dead agents are masked out. The value loss is MAPPO's Huber loss on norma
 targets (Yu et al. 2022), and the entropy bonus is the mean per-agent entropy. A learned DAG
 adds its density term α·E_b|ρ_b − τ| (Chen & Zhang 2023, eq. 9), with τ and α annealed over training
 (``marl.graphs.annealing``).
+
+Two timescales: ``learner_config_dict["update_every"] = {module_id: K}`` updates such a
+module on every K-th learner update only (the K-th, 2K-th, ...), while the others update at
+every one; its share of the other batches is dropped before the minibatch loop, so its
+weights, value normalisation and optimizer state stay untouched in between. The count of
+updates is part of the Learner's checkpointed state.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ class JointPPOLearner(PPOTorchLearner):
         self.density_schedule = DensitySchedule(**extra["density"]) if "density" in extra else None
         self.total_env_steps = extra.get("total_env_steps")
         self.progress_iteration = 0.0
+        self.update_every: dict[str, int] = dict(extra.get("update_every") or {})
+        self.update_count = 0  # learner updates done (one per training iteration)
+        self._resting: set[str] = set()  # modules that skip the current update
         if self._learner_connector is not None:
             # Swap RLlib's single-column GAE for the team version (per-agent critics allowed).
             self._learner_connector.remove(GeneralAdvantageEstimation)
@@ -54,8 +63,24 @@ class JointPPOLearner(PPOTorchLearner):
             return
         super().configure_optimizers_for_module(module_id=module_id, config=config)
 
+    def should_module_be_updated(self, module_id, multi_agent_batch=None) -> bool:
+        if not super().should_module_be_updated(module_id, multi_agent_batch):
+            return False
+        # RLlib asks with the batch only when it filters the train batch: a module on the
+        # slow timescale sits out the updates between its every K-th.
+        return multi_agent_batch is None or module_id not in self._resting
+
+    def get_state(self, *args, **kwargs):
+        return {**super().get_state(*args, **kwargs), "update_count": self.update_count}
+
+    def set_state(self, state) -> None:
+        super().set_state(state)
+        self.update_count = int(state.get("update_count", self.update_count))
+
     def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().before_gradient_based_update(timesteps=timesteps)
+        self.update_count += 1
+        self._resting = {m for m, k in self.update_every.items() if self.update_count % k}
         steps = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0)
         self._sync_schedules(steps)
         if self.density_schedule is not None and self.total_env_steps:

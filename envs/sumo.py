@@ -106,8 +106,8 @@ class SumoEnv(ParallelEnv):
     def __init__(self, ring_radius: float = 1.5, max_steps: int = 250, frame_skip: int = 5,
                  max_force: float = 5.0, max_torque: float = 0.5, damping: float = 2.0,
                  yaw_damping: float = 0.1, start_distance: float = 0.6, init_noise: float = 0.05,
-                 shaping: float = 0.0, render_mode: str | None = None, width: int = 480,
-                 height: int = 480):
+                 shaping: float = 0.0, render_mode: str | None = None, width: int = 320,
+                 height: int = 320):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array' (got {render_mode!r})")
         if start_distance + init_noise * np.sqrt(2) >= ring_radius:

@@ -98,6 +98,16 @@ def test_time_limit_is_a_tie():
     assert {i["outcome"] for i in infos.values()} == {"tie"}
 
 
+def test_both_out_at_once_is_a_tie():
+    env = SumoEnv(ring_radius=R)
+    env.reset(seed=0)
+    env.set_state([R + 0.1, 0, 0, -R - 0.1, 0, 0])
+    _, rew, term, trunc, infos = env.step({a: IDLE for a in AGENTS})
+    assert all(term.values()) and not any(trunc.values())
+    assert rew == {"player_0": 0.0, "player_1": 0.0}
+    assert infos == {a: {"won": False, "outcome": "tie"} for a in AGENTS}
+
+
 def test_shaping_is_zero_sum_and_telescopes_to_the_potential_difference():
     env = SumoEnv(ring_radius=R, shaping=0.5)
     env.reset(seed=0)

@@ -28,9 +28,11 @@ step's info also has ``outcome``: ``"win"``, ``"loss"`` or ``"tie"``.
 
 **Reward.** Sparse and zero-sum: +1 win, −1 loss, 0 tie, paid at the last step. With
 ``shaping`` = c > 0 each step also pays c·(Φ(s′) − Φ(s)) with the potential
-Φ_i = (|p_opp| − |p_i|)/R (potential-based shaping, Ng, Harada & Russell, ICML 1999, with γ = 1:
-push the opponent outward, stay central). Φ_0 = −Φ_1, so the shaped game stays zero-sum, and
-over an episode the shaping sums to c·(Φ_T − Φ_0), at most about 2c. Default ``shaping=0``.
+Φ_i = (|p_opp|² − |p_i|²)/R² (potential-based shaping, Ng, Harada & Russell, ICML 1999, eq. 2
+with γ = 1: push the opponent outward, stay central). Squared distances, so that pushing the
+opponent outward along a radius pays even though the pusher follows it (with plain distances
+the two terms would cancel). Φ_0 = −Φ_1, so the shaped game stays zero-sum, and over an
+episode the shaping sums to c·(Φ_T − Φ_0), at most about 2c. Default ``shaping=0``.
 
 **Reset.** ``reset(seed)`` seeds the env's generator. The players start on a diameter at
 ``start_distance`` from the centre, facing each other, the diameter's angle uniform in
@@ -169,9 +171,9 @@ class SumoEnv(ParallelEnv):
         return out
 
     def _potential(self) -> np.ndarray:
-        """Φ_i = (|p_opp| − |p_i|)/R for both players (Ng et al. 1999 shaping potential)."""
-        dist = np.linalg.norm(self.positions(), axis=1)
-        return (dist[::-1] - dist) / self.ring_radius
+        """Φ_i = (|p_opp|² − |p_i|²)/R² for both players (Ng et al. 1999 shaping potential)."""
+        sq = np.sum(self.positions() ** 2, axis=1)
+        return (sq[::-1] - sq) / self.ring_radius**2
 
     # -------------------------------------------------------------------------- API
     def reset(self, seed=None, options=None):

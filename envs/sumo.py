@@ -28,7 +28,7 @@ step's info also has ``outcome``: ``"win"``, ``"loss"`` or ``"tie"``.
 
 **Reward.** Sparse and zero-sum: +1 win, −1 loss, 0 tie, paid at the last step. With
 ``shaping`` = c > 0 each step also pays c·(Φ(s′) − Φ(s)) with the potential
-Φ_i = (|p_opp|² − |p_i|²)/R² (potential-based shaping, Ng, Harada & Russell, ICML 1999, eq. 2
+Φ_i = (|p_opp|² − |p_i|²)/R² (potential-based shaping, Ng, Harada & Russell, ICML 1999,
 with γ = 1: push the opponent outward, stay central). Squared distances, so that pushing the
 opponent outward along a radius pays even though the pusher follows it (with plain distances
 the two terms would cancel). Φ_0 = −Φ_1, so the shaped game stays zero-sum, and over an
@@ -46,9 +46,9 @@ episode the shaping sums to c·(Φ_T − Φ_0), at most about 2c. Default ``shap
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 
-import mujoco
 import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
@@ -59,7 +59,13 @@ ACT_DIM = 3
 TIMESTEP = 0.01
 BODY_RADIUS = 0.25
 HEADING_NOISE = 0.3
-OUTCOMES = ("win", "loss", "tie")
+
+
+def _mujoco():
+    """The ``mujoco`` package (an optional extra), imported when an env is built: without it,
+    importing this module still works and building the env raises ModuleNotFoundError naming
+    'mujoco', which the config layer reports with the extra to install."""
+    return importlib.import_module("mujoco")
 
 
 def sumo_mjcf(ring_radius: float, max_force: float, max_torque: float, damping: float,
@@ -117,6 +123,7 @@ class SumoEnv(ParallelEnv):
         self.ring_radius, self.max_steps, self.frame_skip = ring_radius, max_steps, frame_skip
         self.start_distance, self.init_noise, self.shaping = start_distance, init_noise, shaping
         self.render_mode, self.width, self.height = render_mode, width, height
+        self._mj = mujoco = _mujoco()
         self.model = mujoco.MjModel.from_xml_string(
             sumo_mjcf(ring_radius, max_force, max_torque, damping, yaw_damping, width, height))
         self.data = mujoco.MjData(self.model)
@@ -144,7 +151,7 @@ class SumoEnv(ParallelEnv):
         returns the players' observations of that state."""
         self.data.qpos[:] = np.asarray(qpos, np.float64).reshape(6)
         self.data.qvel[:] = 0.0 if qvel is None else np.asarray(qvel, np.float64).reshape(6)
-        mujoco.mj_forward(self.model, self.data)
+        self._mj.mj_forward(self.model, self.data)
         return self._obs()
 
     def _obs(self) -> dict[str, np.ndarray]:
@@ -181,7 +188,7 @@ class SumoEnv(ParallelEnv):
             self.rng = np.random.default_rng(seed)
         self.agents = list(self.possible_agents)
         self.t = 0
-        mujoco.mj_resetData(self.model, self.data)
+        self._mj.mj_resetData(self.model, self.data)
         angle = self.rng.uniform(0.0, 2 * np.pi)
         qpos = np.zeros((2, 3))
         for i in range(2):
@@ -201,7 +208,7 @@ class SumoEnv(ParallelEnv):
                 ctrl[i] = np.clip(a, -1.0, 1.0)
         before = self._potential()
         self.data.ctrl[:] = ctrl.reshape(-1)
-        mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
+        self._mj.mj_step(self.model, self.data, nstep=self.frame_skip)
         self.t += 1
 
         out = np.linalg.norm(self.positions(), axis=1) > self.ring_radius
@@ -214,7 +221,7 @@ class SumoEnv(ParallelEnv):
         else:
             outcome = [None, None]
         score = {"win": 1.0, "loss": -1.0, "tie": 0.0, None: 0.0}
-        shaped = self.shaping * (self._potential() - before)
+        shaped = self.shaping * (self._potential() - before)  # Ng et al. 1999: F = γΦ(s′) − Φ(s), γ = 1
         obs = self._obs()
         rewards, infos = {}, {}
         for i, agent in enumerate(AGENTS):
@@ -233,7 +240,7 @@ class SumoEnv(ParallelEnv):
             raise ValueError("render() needs SumoEnv(render_mode='rgb_array')")
         if self._renderer is None:
             try:
-                self._renderer = mujoco.Renderer(self.model, self.height, self.width)
+                self._renderer = self._mj.Renderer(self.model, self.height, self.width)
             except Exception as e:  # no OpenGL context (headless without EGL/OSMesa)
                 raise RuntimeError(
                     f"cannot open an OpenGL context for mujoco.Renderer ({e}); on a headless "

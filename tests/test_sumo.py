@@ -234,6 +234,15 @@ def test_render_returns_rgb_frames():
     assert out["changed"] > 0.5  # moving the players changes it
 
 
+def test_without_mujoco_the_config_error_names_the_extra(monkeypatch):
+    from marl.config import EnvConfig, build_env
+    from marl.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "mujoco", None)  # `import mujoco` now fails
+    with pytest.raises(ConfigError, match=r"envs.sumo needs the package 'mujoco' .*'\.\[mujoco\]'"):
+        build_env(EnvConfig.model_validate({"import": "envs.sumo", "kwargs": {}}))
+
+
 @pytest.mark.slow
 def test_selfplay_config_trains_both_seats_in_process(tmp_path):
     from marl.config import load_config

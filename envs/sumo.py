@@ -118,6 +118,10 @@ class SumoEnv(ParallelEnv):
                  height: int = 320):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array' (got {render_mode!r})")
+        for key, value in (("ring_radius", ring_radius), ("max_steps", max_steps), ("frame_skip", frame_skip),
+                           ("max_force", max_force), ("max_torque", max_torque)):
+            if not value > 0:
+                raise ValueError(f"{key} must be positive (got {value})")
         if start_distance + init_noise * np.sqrt(2) >= ring_radius:
             raise ValueError("start_distance + init_noise must keep the players inside the ring")
         self.ring_radius, self.max_steps, self.frame_skip = ring_radius, max_steps, frame_skip

@@ -234,6 +234,16 @@ def test_render_returns_rgb_frames():
     assert out["changed"] > 0.5  # moving the players changes it
 
 
+@pytest.mark.parametrize("kwargs, key", [({"max_steps": 0}, "max_steps"), ({"ring_radius": -1.0}, "ring_radius"),
+                                         ({"start_distance": 1.5}, "start_distance")])
+def test_bad_kwargs_are_a_config_error_naming_them(kwargs, key):
+    from marl.config import EnvConfig, build_env
+    from marl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"env.kwargs.*{key}"):
+        build_env(EnvConfig.model_validate({"import": "envs.sumo", "kwargs": kwargs}))
+
+
 def test_without_mujoco_the_config_error_names_the_extra(monkeypatch):
     from marl.config import EnvConfig, build_env
     from marl.errors import ConfigError

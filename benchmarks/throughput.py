@@ -81,7 +81,7 @@ SUITE = {
     "simple_push": "simple_push", "coordination_game n=5": "coordination5", "aloha": "aloha",
     "lbf 8x8 2p 2f": "lbf_8x8_2p_2f", "rware tiny 2ag": "rware_tiny_2ag",
     "mamujoco HalfCheetah 6x1": "halfcheetah_6x1", "mamujoco Ant 2x4": "ant_2x4",
-    "smax 3m": "smax_3m", "smax smacv2_5_units": "smax_smacv2_5_units",
+    "smax 3m": "smax_3m", "smax smacv2_5_units": "smax_smacv2_5_units", "sumo": "sumo",
 }
 
 

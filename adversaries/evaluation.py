@@ -302,7 +302,7 @@ def measure_stealth(clean: list[Episode], attacked: list[Episode], seed: int) ->
         **stealth.state_shift([s for e in clean for s in e.states], [s for e in attacked for s in e.states]),
     }
     executed = [x for e in attacked for x in e.executed]
-    if executed:  # partial control: the share of (step, attacked agent) the attacker's action ran
+    if executed:  # the share of (step, attacked agent) the attacker's action ran (takeover: 1)
         out["executed_fraction"] = float(np.mean(np.concatenate(executed)))
     return out
 

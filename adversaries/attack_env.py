@@ -90,6 +90,7 @@ class AttackEnv(MultiAgentEnv):
         self._prev = self._zero_joint()
         self.last_joint: np.ndarray | None = None  # α's team's executed joint action, last step
         self.last_executed: np.ndarray | None = None  # [k]: the attacker's action ran (last step)
+        self.last_rewards: dict[str, float] = {}
         self.last_perturbed: dict[str, np.ndarray] | None = None
 
     # ------------------------------------------------------------------- spaces
@@ -187,6 +188,7 @@ class AttackEnv(MultiAgentEnv):
         self._team_obs = obs
         self.last_joint = actions[self.adv_team]
         self._prev = np.asarray(actions[self.adv_team], self._prev.dtype).reshape(self._prev.shape)
+        self.last_rewards = rew  # every team's reward of the last step
         r_team = float(rew[self.team])
         info = {"team_reward": r_team, **infos.get(self.team, {})}
         info.pop(EXECUTED_INFO, None)  # the victim team's own flags are not the attacker's

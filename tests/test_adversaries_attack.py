@@ -152,7 +152,7 @@ def test_attack_eval_is_paired_and_complete(gleave_run, victim, capsys, tmp_path
     result = json.loads((run_dir / "attack_eval.json").read_text())
     assert result["victim"]["team"] == "team_0" and result["victim"]["env"]["import"] == "mpe2.simple_spread_v3"
     assert result["adversary"] == {"name": "gleave", "threat_model": "takeover", "white_box": False,
-                                   "agents": [0], "budget": None, "params": {}}
+                                   "team": "team_0", "agents": [0], "budget": None, "params": {}}
     assert result["attack_env_steps"] == 800 and result["episodes"] == 3
     assert result["episode_seeds"] == [100000, 100001, 100002]
     for side in ("clean", "attacked"):
@@ -209,7 +209,7 @@ def test_obs_pgd_is_labelled_white_box(victim, capsys, tmp_path):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--adversary", "nope"], "unknown adversary 'nope'; registered: ami, gleave, obs_pgd, random"),
+        (["--adversary", "nope"], "unknown adversary 'nope'; registered: ami, gap, gleave, obs_pgd, random"),
         (["--adversary", "gleave", "adversary.agents=[3]"], "'adversary.agents': [3] must be distinct agent ids in 0..2"),
         (["--adversary", "gleave", "adversary.agents=[1,1]"], "must be distinct agent ids"),
         (["--adversary", "gleave", "env={import: mpe2.simple_spread_v3, kwargs: {N: 4}}"], "was trained for"),

@@ -117,19 +117,29 @@ def test_eps_one_gives_the_attacker_full_control_as_a_takeover(victim):
     assert reward[ATTACKER] == -info[ATTACKER]["team_reward"]
 
 
-def test_executed_flags_follow_the_coin_at_half_budget(victim):
-    setup = attack_setup(victim, 0.5)
+@pytest.mark.parametrize("which", ["cooperative", "competitive"])
+def test_executed_flags_follow_the_coin_at_half_budget(victim, push_victim, which):
+    v, extra = (victim, ()) if which == "cooperative" else (push_victim, PUSH)
+    setup = attack_setup(v, 0.5, extra=extra)
     env = make_env(setup, setup.plugin())
-    env.reset(seed=3)
-    flags, matches = [], []
+    victim_team, alpha_team = setup.cfg.victim.team, setup.cfg.adversary.team
+    obs, _ = env.reset(seed=3)
+    # The attacker sees and acts as α's team: in simple_push, the adversary's observation.
+    assert obs[ATTACKER]["obs"].shape == (1, env.env.specs[alpha_team].obs_dim)
+    assert np.array_equal(obs[ATTACKER]["obs"][0], env._team_obs[alpha_team]["obs"][0])
+    flags, matches, paid = [], [], []
     for _ in range(25):
         action = env.action_spaces[ATTACKER].sample()
-        _, _, _, _, info = env.step({ATTACKER: action})
+        _, reward, _, _, info = env.step({ATTACKER: action})
         flag = bool(info[ATTACKER][EXECUTED_INFO][0])
         flags.append(flag)
         if flag:  # on the controlled steps α executed the attacker's action
             matches.append(env.last_joint[0] == action[0])
+        paid.append((reward[ATTACKER], -env.last_rewards[victim_team], -env.last_rewards[alpha_team]))
     assert 0 < sum(flags) < 25 and all(matches)
+    assert all(r == v for r, v, _ in paid)  # zero-sum against the victim team (Liu et al. 2024)
+    if which == "competitive":  # not against α's own team
+        assert any(r != a for r, _, a in paid)
 
 
 # -------------------------------------------------------------------------- stealth

@@ -138,7 +138,7 @@ def test_report_of_seeds_with_identical_results_draws_its_bars(tmp_path):
 
 
 def stealth_of(tv, auc, kl, executed=None):
-    out = {"action_tv": {"mean": tv, "max": tv, "ci95": [tv, tv], "per_episode": [tv], "steps": 100},
+    out = {"action_tv": {"mean": tv, "max": min(1.0, tv + 0.05), "ci95": [tv, tv], "per_episode": [tv], "steps": 100},
            "state_auc": auc, "state_kl": kl, "states": {"clean": 100, "attacked": 100}}
     if executed is not None:
         out["executed_fraction"] = executed

@@ -183,18 +183,26 @@ def test_bad_gap_input_exits_2_with_one_line(victim, capsys, tmp_path, args, fra
 
 
 # ----------------------------------------------------------------------- end to end
-@pytest.mark.parametrize("which", ["cooperative", "competitive"])
-def test_run_py_attack_gap_end_to_end(victim, push_victim, capsys, tmp_path, which):
+@pytest.mark.parametrize("which, budget", [("cooperative", 0.5), ("competitive", 0.5), ("cooperative", 0.0)])
+def test_run_py_attack_gap_end_to_end(victim, push_victim, capsys, tmp_path, which, budget):
     v, extra = (victim, []) if which == "cooperative" else (push_victim, PUSH)
-    code, out, err = run_main(capsys, "attack", str(v), "--adversary", "gap", "adversary.budget=0.5", *extra,
+    code, out, err = run_main(capsys, "attack", str(v), "--adversary", "gap", f"adversary.budget={budget}", *extra,
                               *TINY, *EVAL, "train.total_env_steps=400", f"output_dir={tmp_path}")
     assert code == 0, err[-5:]
     run_dir = Path(out[-1])
     result = json.loads((run_dir / "attack_eval.json").read_text())
     adv = result["adversary"]
-    assert adv["name"] == "gap" and adv["threat_model"] == "partial_control" and adv["budget"] == 0.5
+    assert adv["name"] == "gap" and adv["threat_model"] == "partial_control" and adv["budget"] == budget
     assert (result["victim"]["team"], adv["team"]) == (("team_0", "team_0") if which == "cooperative" else ("good", "adversary"))
     st = result["stealth"]
-    assert st["action_tv"]["max"] <= 0.5 and 0.2 < st["executed_fraction"] < 0.8
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["env_steps"] == 400 and rows[-1]["policy_loss"] is not None  # the attacker trained
+    if budget:
+        assert st["action_tv"]["max"] <= budget and 0.2 < st["executed_fraction"] < 0.8
+    else:
+        # No step ran the attacker's action: the flags reached its learner through RLlib and
+        # left every slot out of the surrogate (value and entropy still train) ...
+        assert all(r["policy_loss"] == 0.0 for r in rows) and rows[-1]["vf_loss"] > 0
+        # ... and the evaluation's attacked episodes are the clean ones.
+        assert st["executed_fraction"] == 0.0 and st["action_tv"]["max"] == 0.0
+        assert result["attacked"]["returns"] == result["clean"]["returns"] and st["state_auc"] == 0.5

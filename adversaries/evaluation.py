@@ -299,7 +299,12 @@ def measure_stealth(clean: list[Episode], attacked: list[Episode], seed: int) ->
             "per_episode": per_episode,
             "steps": len(steps),
         },
-        **stealth.state_shift([s for e in clean for s in e.states], [s for e in attacked for s in e.states]),
+        # Grouped by episode seed: a clean episode and its paired attacked one fall on the same
+        # side of the classifier's train/test split (stealth.classifier_auc).
+        **stealth.state_shift(
+            [s for e in clean for s in e.states], [s for e in attacked for s in e.states],
+            [j for j, e in enumerate(clean) for _ in e.states], [j for j, e in enumerate(attacked) for _ in e.states],
+        ),
     }
     executed = [x for e in attacked for x in e.executed]
     if executed:  # the share of (step, attacked agent) the attacker's action ran (takeover: 1)

@@ -315,7 +315,9 @@ def _plot_stealth_plane(victims: dict[str, dict[str, Any]], out: Path) -> str | 
 
             def err(m):
                 return [[max(m["mean"] - m["ci95"][0], 0.0)], [max(m["ci95"][1] - m["mean"], 0.0)]] if m["ci95"] else None
-            label = f"{slug}: {s['adversary']}" + (f", ε={s['budget']}" if s["budget"] is not None else "")
+            label = f"{slug}: {s['adversary']}" + (" (white-box)" if s["white_box"] else "")
+            label += (f", ε={s['budget']}" if s["budget"] is not None else "")
+            label += (f", α in {s['adversary_team']}" if s.get("adversary_team") else "")
             ax.errorbar(x["mean"], y["mean"], xerr=err(x), yerr=err(y), fmt=markers[k % len(markers)],
                         capsize=3, color="#c44e52" if s["white_box"] else f"C{k % 10}", label=label)
         if key == "state_auc":

@@ -38,7 +38,7 @@ class NoParams(pydantic.BaseModel):
 class AttackContext:
     """What a plugin may know about the attack: shapes and settings, never the victim."""
 
-    n_agents: int  # n: agents of the victim team
+    n_agents: int  # n: agents of α's team (the attacked agents' team)
     attacked: list[int] | None  # the attacked agents' ids; None = one drawn per episode
     budget: float | None  # observation: ε of the L∞ ball; partial_control: replace probability
     discrete: bool
@@ -46,9 +46,10 @@ class AttackContext:
     action_dim: int  # k of continuous actions; 0 for discrete ones
     obs_dim: int
     state_dim: int
-    team: str  # the victim team's name
+    team: str  # the victim team's name (the attacker is paid −its reward)
     env_import: str
     model_config: dict[str, Any] = field(default_factory=dict)  # the attack config's `model`
+    adversary_team: str | None = None  # α's team (the attacked agents'); None = ``team``
 
     @property
     def k(self) -> int:
@@ -94,6 +95,12 @@ class AdversaryPlugin:
         [k] discrete, [k, c] continuous in [-1, 1] (mapped onto the bounds as RLlib's
         EnvRunners do). Only plugins with ``trains = False`` and threat model takeover."""
         raise NotImplementedError(f"adversary '{self.name}' trains; it does not act by rule")
+
+    def action_distribution(self, attacker_obs: dict[str, np.ndarray]) -> list | None:
+        """The distribution ``act`` samples from, one per attacked agent, in the module's units
+        (``adversaries.stealth``: Categorical, DiagGaussian, UniformBox, PointMass), for the
+        action-TV stealth measure. None: the rule does not say (no action TV is reported)."""
+        return None
 
     # ............................................ observation threat model (white-box)
     def perturb(

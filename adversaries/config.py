@@ -51,6 +51,7 @@ class VictimConfig(Strict):
 
 class AdversaryConfig(Strict):
     name: str
+    team: str | None  # α's team (the attacked agents'); None = the victim team
     agents: list[NonNegInt] | Literal["random"]
     budget: float | None
     params: dict[str, Any]
@@ -100,6 +101,7 @@ class AttackSetup:
         return {
             "env": c.to_dict()["env"],
             "team": c.victim.team,
+            "adversary_team": c.adversary.team,
             "checkpoint": c.victim.checkpoint,
             "attacked": self.ctx.attacked,
             "threat_model": self.plugin_cls.threat_model,
@@ -173,9 +175,12 @@ def resolve(cfg: AttackConfig) -> AttackSetup:
         team = cfg.victim.team or trained_team(victim.cfg, teams)
         if team not in teams:
             raise ConfigError(f"config key 'victim.team': the env has no team '{team}' (teams: {', '.join(teams)})")
+        adv_team = cfg.adversary.team or team
+        if adv_team not in teams:
+            raise ConfigError(f"config key 'adversary.team': the env has no team '{adv_team}' (teams: {', '.join(teams)})")
         for t in teams:  # every team of the env is played by the victim checkpoint's module
             check_team_fits(victim, t, env)
-        spec = env.specs[team]
+        spec = env.specs[adv_team]
     finally:
         env.close()
 
@@ -185,13 +190,14 @@ def resolve(cfg: AttackConfig) -> AttackSetup:
         if not agents or len(set(agents)) != len(agents) or max(agents) >= n:
             raise ConfigError(
                 f"config key 'adversary.agents': {agents} must be distinct agent ids in 0..{n - 1} "
-                f"(team '{team}' has {n} agents), or 'random'"
+                f"(team '{adv_team}' has {n} agents), or 'random'"
             )
     budget = _check_budget(plugin_cls, cfg.adversary.budget)
 
     resolved = cfg.model_copy(deep=True)
     resolved.victim.checkpoint = str(victim.ckpt.resolve())
     resolved.victim.team = team
+    resolved.adversary.team = adv_team
     resolved.env = env_cfg
     resolved.adversary.budget = budget
     resolved.adversary.params = params.model_dump(mode="json")
@@ -201,20 +207,23 @@ def resolve(cfg: AttackConfig) -> AttackSetup:
         budget=budget,
         discrete=not spec.continuous,
         n_actions=spec.n_actions,
-        action_dim=0 if not spec.continuous else int(victim.action_spaces[team].shape[-1]),
+        action_dim=0 if not spec.continuous else int(victim.action_spaces[adv_team].shape[-1]),
         obs_dim=spec.obs_dim,
         state_dim=spec.state_dim,
         team=team,
+        adversary_team=adv_team,
         env_import=env_cfg.import_,
         model_config=resolved.model.model_dump(mode="json"),
     )
     return AttackSetup(resolved, plugin_cls, params, ctx, victim)
 
 
-# Budget ranges per threat model: lo < budget <= hi, and what the budget is.
+# Budget ranges per threat model: (lo, hi, lo allowed, what the budget is); budget <= hi.
+# Partial control admits ε = 0 (no attack at all: the victims' rollouts are the clean ones),
+# the left end of the paper's budget sweeps.
 BUDGETS = {
-    "observation": (0.0, math.inf, "ε of the L∞ ball, a finite number > 0"),
-    "partial_control": (0.0, 1.0, "the probability of replacing the agent's action, in (0, 1]"),
+    "observation": (0.0, math.inf, False, "ε of the L∞ ball, a finite number > 0"),
+    "partial_control": (0.0, 1.0, True, "the probability ε of replacing the agent's action, in [0, 1]"),
 }
 
 
@@ -225,8 +234,11 @@ def _check_budget(plugin_cls: type[AdversaryPlugin], budget: float | None) -> fl
             raise ConfigError(f"config key 'adversary.budget': the {tm} threat model takes no budget (got {budget}); set it to null")
         return None
     budget = plugin_cls.default_budget if budget is None else budget
-    lo, hi, what = BUDGETS[tm]
-    if budget is None or not (lo < float(budget) <= hi) or not math.isfinite(float(budget)):
+    lo, hi, lo_ok, what = BUDGETS[tm]
+    if budget is None:  # a plugin without a default: the budget is the attack's defining knob
+        raise ConfigError(f"config key 'adversary.budget' is required for adversary '{plugin_cls.name}' ({tm}): {what}")
+    b = float(budget)
+    if not math.isfinite(b) or not (lo <= b if lo_ok else lo < b) or b > hi:
         raise ConfigError(f"config key 'adversary.budget': {budget} is out of range; expected {what}")
-    return float(budget)
+    return b
 

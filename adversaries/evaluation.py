@@ -4,7 +4,13 @@ Both runs go through the same AttackEnv: a clean episode is one in which no atta
 (and no perturbation) reaches the env. Returns are the victim team's return (the sum of its
 agents' rewards, summed over time), as in training and ``run.py evaluate``. Confidence
 intervals: percentile bootstrap over episodes (scipy.stats.bootstrap), and over the paired
-differences for the drop.
+differences for the drop. Every run also measures its stealth (``"stealth"``:
+adversaries/stealth.py): the action TV between the policy in effect for the attacked agent
+and its own, and the shift of the states visited under attack from the clean ones.
+
+Randomness: the victims sample from torch's stream seeded by the episode seed, clean and
+attacked alike; the attacker draws from streams of its own (``TorchStream``, its rule's
+generator, the partial-control coin), seeded by the attack seed and the episode seed.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +27,11 @@ import torch
 from ray.rllib.utils.spaces.space_utils import unsquash_action
 from scipy import stats
 
-from adversaries.attack_env import AttackEnv
+from adversaries import stealth
+from adversaries.attack_env import COIN_STREAM, AttackEnv
 from adversaries.base import ATTACKER
 from adversaries.config import AttackSetup
-from adversaries.victims import FrozenTeam, WhiteBoxVictim
+from adversaries.victims import FrozenTeam, WhiteBoxVictim, own_policy
 
 EVAL_FILE = "attack_eval.json"
 
@@ -50,24 +58,50 @@ def _summary(returns: list[float], wins: list[bool], seed: int) -> dict[str, Any
     return out
 
 
+class TorchStream:
+    """A private stream of torch's CPU generator: draws made inside ``with stream:`` come from
+    it, and the global stream (the victims' sampling) neither moves nor is read."""
+
+    def __init__(self, seed: int):
+        self.state = torch.Generator().manual_seed(int(seed)).get_state()
+
+    def __enter__(self):
+        self._outer = torch.get_rng_state()
+        torch.set_rng_state(self.state)
+        return self
+
+    def __exit__(self, *exc):
+        self.state = torch.get_rng_state()
+        torch.set_rng_state(self._outer)
+
+
 def attacker_policy(setup: AttackSetup, env: AttackEnv, plugin, module=None) -> Callable | None:
-    """The attacker's action (env units) from its observation: the trained RLlib module
-    (sampling, as in training) or the plugin's rule. None: the threat model needs none."""
+    """obs -> (the attacker's action in env units, its distribution per attacked agent for the
+    stealth measures, or None where the plugin's rule gives none): the trained RLlib module
+    (sampling, as in training) or the plugin's rule. None: the threat model needs no action."""
     if setup.plugin_cls.threat_model == "observation":
         return None
+    discrete, k = setup.ctx.discrete, env.k
     if module is not None:
         from ray.rllib.core.columns import Columns
 
-        def act(obs):
-            batch = {Columns.OBS: {k: torch.as_tensor(v).unsqueeze(0) for k, v in obs.items()}}
+        def raw(obs):
+            batch = {Columns.OBS: {key: torch.as_tensor(v).unsqueeze(0) for key, v in obs.items()}}
             with torch.no_grad():
-                return module.forward_exploration(batch)[Columns.ACTIONS][0].numpy()
-        raw = act
+                out = module.forward_exploration(batch)
+            params = out[Columns.ACTION_DIST_INPUTS][0].numpy().reshape(k, -1)
+            return out[Columns.ACTIONS][0].numpy(), [stealth.from_params(p, discrete) for p in params]
     else:
-        raw = plugin.act
+        def raw(obs):
+            dists = plugin.action_distribution(obs)
+            return plugin.act(obs), dists
     space = env.action_spaces[ATTACKER]
-    # As RLlib's EnvRunners do: continuous actions in [-1, 1] onto the bounds.
-    return lambda obs: unsquash_action(raw(obs), space)
+
+    def act(obs):
+        # As RLlib's EnvRunners do: continuous actions in [-1, 1] onto the bounds.
+        action, dists = raw(obs)
+        return unsquash_action(action, space), dists
+    return act
 
 
 def make_env(setup: AttackSetup, plugin, render: bool = False) -> AttackEnv:
@@ -76,51 +110,113 @@ def make_env(setup: AttackSetup, plugin, render: bool = False) -> AttackEnv:
         config["env"] = {**config["env"], "kwargs": {**config["env"]["kwargs"], "render_mode": "rgb_array"}}
     env = AttackEnv(config)
     if setup.plugin_cls.threat_model == "observation":  # white-box: the victim's own module
-        wb = WhiteBoxVictim(FrozenTeam(setup.victim.modules[env.team], env.team_space, setup.cfg.victim.deterministic))
+        wb = WhiteBoxVictim(FrozenTeam(setup.victim.modules[env.adv_team], env.team_space, setup.cfg.victim.deterministic))
         env.perturb = lambda team_obs, ids: plugin.perturb(team_obs, wb, ids)
     return env
 
 
 def episode_rng_seed(seed: int, attack_seed: int | None) -> int:
-    """The seed of an episode's sampling. Clean: the episode seed alone, so every attack on a
-    victim is compared with the same clean episodes. Attacked: the episode seed and the attack
-    seed together, so that attack seeds differ in the attacker's randomness (the random rule,
-    PGD's random start, a trained attacker's sampling) and not only in its weights."""
+    """The seed of the attacker's randomness in an attacked episode: the episode seed and the
+    attack seed together, so that attack seeds differ in the attacker's randomness (the random
+    rule, PGD's random start, a trained attacker's sampling, the partial-control coin) and not
+    only in its weights. The victims' sampling follows the episode seed alone, clean and
+    attacked alike (common random numbers: an attack that changes nothing, such as
+    partial control at ε = 0, leaves the clean episode as it was)."""
     if attack_seed is None:
         return seed
     return int(np.random.SeedSequence([attack_seed, seed]).generate_state(1)[0])
 
 
+@dataclass
+class Episode:
+    """One evaluation episode: the victim team's return, its win (or None), α's executed
+    actions [T, k(, c)], the global state before each step, the action TV of each (step,
+    attacked agent alive) under attack, and which attacker actions ran (partial control)."""
+
+    ret: float
+    won: bool | None
+    taken: list[np.ndarray] = field(default_factory=list)
+    states: list[np.ndarray] = field(default_factory=list)
+    tv: list[float] = field(default_factory=list)
+    executed: list[np.ndarray] = field(default_factory=list)
+
+
+def _step_tv(env: AttackEnv, pre: dict[str, np.ndarray], dists, discrete: bool) -> list[float]:
+    """TV(π_α, π̂_α) at this step's state for each living attacked agent (adversaries/stealth.py).
+    π̂_α is read back from the frozen victim (trusted code, adversaries.victims.own_policy)."""
+    victim = env.victims[env.adv_team]
+    own, deterministic = own_policy(victim, pre)
+    if own is None:  # a scripted team has no distribution
+        return []
+    perturbed = own_policy(victim)[0] if env.last_perturbed is not None else None
+    if env.threat_model == "observation" and perturbed is None:
+        return []
+    if env.threat_model != "observation" and dists is None:  # a rule without a distribution
+        return []
+    out = []
+    for j, i in enumerate(env.attacked):
+        if pre["alive"][i] <= 0:
+            continue
+        step = {
+            "attacker": dists[j] if dists is not None else None,
+            "budget": float(env.budget) if env.budget is not None else 1.0,
+            "perturbed": stealth.from_params(perturbed[i], discrete, deterministic) if perturbed is not None else None,
+        }
+        own_i = stealth.from_params(own[i], discrete, deterministic)
+        out.append(stealth.POLICY_IN_EFFECT_TV[env.threat_model](own_i, step, None))
+    return out
+
+
 def run_episode(env: AttackEnv, seed: int, policy: Callable | None, attacked: bool, plugin=None, frames=None,
-                attack_seed: int | None = None):
-    """One episode on env seed ``seed`` (the same start for clean and attacked: paired):
-    (team return, won or None, actions of the attacked agents at each step [T, k(, c)])."""
+                attack_seed: int | None = None) -> Episode:
+    """One episode on env seed ``seed`` (the same start for clean and attacked: paired). The
+    victims sample from torch's stream seeded by ``seed``; everything the attacker draws
+    (its sampling, its rule's generator, PGD's start, the coin) comes from streams of its own."""
     rng_seed = episode_rng_seed(seed, attack_seed if attacked else None)
-    torch.manual_seed(rng_seed)
+    torch.manual_seed(seed)
+    stream = TorchStream(rng_seed)
     if plugin is not None and hasattr(plugin, "rng"):
         plugin.rng = np.random.default_rng(rng_seed)
     perturb = env.perturb
-    env.perturb = perturb if attacked else None
+    if attacked and perturb is not None:
+        def isolated(team_obs, ids):
+            with stream:
+                return perturb(team_obs, ids)
+        env.perturb = isolated
+    else:
+        env.perturb = None
     obs, _ = env.reset(seed=seed)
-    total, won, taken = 0.0, None, []
+    env.coin_rng = np.random.default_rng(np.random.SeedSequence([rng_seed, COIN_STREAM]))
+    ep = Episode(0.0, None)
+    discrete = not env.team_spec.continuous
     if frames is not None:
         frames.append(env.render())
     try:
         while True:
-            action = {ATTACKER: policy(obs[ATTACKER])} if (attacked and policy is not None) else {}
+            pre = env._team_obs[env.adv_team]
+            ep.states.append(np.asarray(env._team_obs[env.team]["state"], np.float32).copy())
+            dists, action = None, {}
+            if attacked and policy is not None:
+                with stream:
+                    a, dists = policy(obs[ATTACKER])
+                action = {ATTACKER: a}
             obs, _, term, trunc, info = env.step(action)
             info = info[ATTACKER]
-            total += info["team_reward"]
+            ep.ret += info["team_reward"]
             if "won" in info:
-                won = bool(info["won"])
-            taken.append(np.asarray(env.last_joint)[env.attacked])
+                ep.won = bool(info["won"])
+            ep.taken.append(np.asarray(env.last_joint)[env.attacked])
+            if attacked:
+                ep.tv += _step_tv(env, pre, dists, discrete)
+                if env.last_executed is not None:
+                    ep.executed.append(env.last_executed.copy())
             if frames is not None:
                 frames.append(env.render())
             if term["__all__"] or trunc["__all__"]:
                 break
     finally:
         env.perturb = perturb
-    return total, won, taken
+    return ep
 
 
 def _histogram(actions: list[np.ndarray], discrete: bool, n_actions: int) -> Any:
@@ -140,14 +236,14 @@ def evaluate_attack(setup: AttackSetup, run_dir: Path, module=None, env_steps: i
     policy = attacker_policy(setup, env, plugin, module)
     seeds = [cfg.eval.seed + i for i in range(cfg.eval.episodes)]
     runs: dict[str, dict[str, list]] = {}
+    episodes: dict[str, list[Episode]] = {}
     for name, attacked in (("clean", False), ("attacked", True)):
-        runs[name] = {"returns": [], "wins": [], "actions": []}
-        for seed in seeds:
-            ret, won, taken = run_episode(env, seed, policy, attacked, plugin, attack_seed=cfg.seed)
-            runs[name]["returns"].append(ret)
-            if won is not None:
-                runs[name]["wins"].append(won)
-            runs[name]["actions"].append(taken)
+        episodes[name] = [run_episode(env, seed, policy, attacked, plugin, attack_seed=cfg.seed) for seed in seeds]
+        runs[name] = {
+            "returns": [e.ret for e in episodes[name]],
+            "wins": [e.won for e in episodes[name] if e.won is not None],
+            "actions": [e.taken for e in episodes[name]],
+        }
     env.close()
 
     clean, attacked = (np.asarray(runs[k]["returns"]) for k in ("clean", "attacked"))
@@ -158,6 +254,7 @@ def evaluate_attack(setup: AttackSetup, run_dir: Path, module=None, env_steps: i
             "name": cfg.adversary.name,
             "threat_model": setup.plugin_cls.threat_model,
             "white_box": setup.plugin_cls.white_box,
+            "team": cfg.adversary.team,
             "agents": cfg.adversary.agents,
             "budget": cfg.adversary.budget,
             "params": cfg.adversary.params,
@@ -177,6 +274,7 @@ def evaluate_attack(setup: AttackSetup, run_dir: Path, module=None, env_steps: i
             "attacker": _histogram(runs["attacked"]["actions"], ctx.discrete, ctx.n_actions),
             "replaced_agent_clean": _histogram(runs["clean"]["actions"], ctx.discrete, ctx.n_actions),
         },
+        "stealth": measure_stealth(episodes["clean"], episodes["attacked"], cfg.seed),
     }
     if cfg.eval.gif:
         result["gifs"] = _gifs(setup, plugin, policy, seeds[0], run_dir)
@@ -184,6 +282,34 @@ def evaluate_attack(setup: AttackSetup, run_dir: Path, module=None, env_steps: i
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, run_dir / EVAL_FILE)
     return result
+
+
+def measure_stealth(clean: list[Episode], attacked: list[Episode], seed: int) -> dict[str, Any]:
+    """The stealth measures of adversaries/stealth.py: the action TV between the policy in
+    effect for α and α's own (mean over every (step, attacked agent alive) of the attacked
+    episodes; CI by bootstrap over the episodes' means), and the state-distribution shift of
+    the attacked episodes' states against the clean ones' (classifier AUC, binned KL)."""
+    per_episode = [float(np.mean(e.tv)) for e in attacked if e.tv]
+    steps = [t for e in attacked for t in e.tv]
+    out: dict[str, Any] = {
+        "action_tv": None if not steps else {
+            "mean": float(np.mean(steps)),
+            "max": float(np.max(steps)),
+            "ci95": ci95(per_episode, seed),
+            "per_episode": per_episode,
+            "steps": len(steps),
+        },
+        # Grouped by episode seed: a clean episode and its paired attacked one fall on the same
+        # side of the classifier's train/test split (stealth.classifier_auc).
+        **stealth.state_shift(
+            [s for e in clean for s in e.states], [s for e in attacked for s in e.states],
+            [j for j, e in enumerate(clean) for _ in e.states], [j for j, e in enumerate(attacked) for _ in e.states],
+        ),
+    }
+    executed = [x for e in attacked for x in e.executed]
+    if executed:  # the share of (step, attacked agent) the attacker's action ran (takeover: 1)
+        out["executed_fraction"] = float(np.mean(np.concatenate(executed)))
+    return out
 
 
 def _gifs(setup: AttackSetup, plugin, policy, seed: int, run_dir: Path) -> list[str]:

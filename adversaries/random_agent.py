@@ -29,3 +29,13 @@ class RandomAgent(AdversaryPlugin):
             return self.rng.uniform(-1.0, 1.0, (mask.shape[0], self.ctx.action_dim)).astype(np.float32)
         legal = mask > 0.5
         return np.array([self.rng.choice(np.flatnonzero(row)) for row in legal], np.int64)
+
+    def action_distribution(self, attacker_obs: dict[str, np.ndarray]) -> list:
+        from adversaries.stealth import Categorical, UniformBox
+
+        mask = attacker_obs["action_mask"]
+        if not self.ctx.discrete:
+            box = UniformBox(-np.ones(self.ctx.action_dim), np.ones(self.ctx.action_dim))
+            return [box] * mask.shape[0]
+        legal = (mask > 0.5).astype(np.float64)
+        return [Categorical(row / row.sum()) for row in legal]

@@ -14,7 +14,9 @@ from marl.errors import UserError
 
 ENTRY_POINT_GROUP = "marl_robust.adversaries"
 # Modules whose import registers the built-in plugins (adversaries.ami where present).
-BUILTIN_MODULES = ("adversaries.random_agent", "adversaries.gleave", "adversaries.obs_pgd", "adversaries.ami")
+BUILTIN_MODULES = (
+    "adversaries.random_agent", "adversaries.gleave", "adversaries.obs_pgd", "adversaries.gap", "adversaries.ami",
+)
 
 REGISTRY: dict[str, type[AdversaryPlugin]] = {}
 _loaded = False

@@ -11,6 +11,11 @@ budget); each group's runs are its attack seeds. Per group, as the adversarial M
 - the attack learning curves (the attacker's return against its env steps, mean and CI band
   over seeds);
 - behaviour: the attacker's action histogram beside that of the agent it replaced;
+- stealth (adversaries/stealth.py, measured by every attack run): the action TV between the
+  policy in effect for the attacked agent and its own, and the state-distribution shift
+  (two-sample classifier AUC, binned-visitation KL), mean and CI across seeds, and one plane
+  of attack success against each stealth measure, a point per (victim, attack) with CI bars
+  across seeds on both axes (Liu et al., ICLR 2024: success against stealth);
 - white-box attacks are labelled as such wherever they appear.
 
 Tables come first in ``report.md``, pictures after, inline, so it reads well on GitHub.
@@ -48,7 +53,7 @@ class AttackRun:
     @property
     def attack_key(self) -> tuple:
         adv = self.eval["adversary"]
-        return (adv["name"], json.dumps(adv.get("agents")), json.dumps(adv.get("budget")))
+        return (adv["name"], json.dumps(adv.get("agents")), json.dumps(adv.get("budget")), json.dumps(adv.get("team")))
 
 
 @dataclass
@@ -60,10 +65,12 @@ class Group:
     agents: Any
     budget: Any
     runs: list[AttackRun] = field(default_factory=list)
+    team: str | None = None  # α's team where it is not the victim team (competitive)
 
     @property
     def label(self) -> str:
         extra = f", ε={self.budget}" if self.budget is not None else ""
+        extra += f", α in {self.team}" if self.team else ""
         return f"{self.name}{' (white-box)' if self.white_box else ''}{extra}"
 
 
@@ -114,11 +121,12 @@ def group_runs(runs: list[AttackRun]) -> dict[str, list[Group]]:
         adv = run.eval["adversary"]
         key = (run.victim, *run.attack_key)
         if key not in groups:
+            other = adv.get("team") if adv.get("team") not in (None, run.eval["victim"].get("team")) else None
             groups[key] = Group(run.victim, adv["name"], bool(adv.get("white_box")), adv.get("threat_model", ""),
-                                adv.get("agents"), adv.get("budget"))
+                                adv.get("agents"), adv.get("budget"), team=other)
         groups[key].runs.append(run)
     by_victim: dict[str, list[Group]] = defaultdict(list)
-    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3])):
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3], k[4])):
         by_victim[key[0]].append(groups[key])
     return dict(by_victim)
 
@@ -146,6 +154,7 @@ def summarise(group: Group) -> dict[str, Any]:
     relative = [(c - a) / abs(c) if c else math.nan for c, a in zip(clean, attacked, strict=True)]
     out: dict[str, Any] = {
         "adversary": group.name,
+        "adversary_team": group.team,
         "threat_model": group.threat_model,
         "white_box": group.white_box,
         "agents": group.agents,
@@ -170,10 +179,25 @@ def summarise(group: Group) -> dict[str, Any]:
         }
     elif hist and all(isinstance(h, dict) for h in hist):  # continuous: per-seed mean and std
         out["action_stats"] = hist
-    for key in ("stealth",):  # filled by attacks that measure it
-        vals = [r.eval[key] for r in group.runs if key in r.eval]
-        if vals:
-            out[key] = vals
+    out["stealth"] = summarise_stealth(group)
+    return out
+
+
+STEALTH_MEASURES = {  # key in a summary's "stealth" -> (axis label, how to read one run's figure)
+    "action_tv": ("action TV(π_α, π̂_α)", lambda st: (st.get("action_tv") or {}).get("mean")),
+    "state_auc": ("state two-sample AUC", lambda st: st.get("state_auc")),
+    "state_kl": ("state visitation KL (nats)", lambda st: st.get("state_kl")),
+    "executed_fraction": ("share of steps the attacker controlled", lambda st: st.get("executed_fraction")),
+}
+
+
+def summarise_stealth(group: Group) -> dict[str, Any]:
+    """Each stealth measure's mean and CI across the seeds that report it (None: none do)."""
+    out: dict[str, Any] = {}
+    for key, (_, read) in STEALTH_MEASURES.items():
+        vals = [read(r.eval["stealth"]) for r in group.runs if isinstance(r.eval.get("stealth"), dict)]
+        vals = [v for v in vals if v is not None]
+        out[key] = mean_ci(vals) if vals else None
     return out
 
 
@@ -267,6 +291,49 @@ def _plot_histograms(slug: str, groups: list[Group], summaries: list[dict], out:
     return _save(fig, out / f"{slug}_actions.png")
 
 
+def _success(summary: dict[str, Any], relative: bool) -> dict[str, Any] | None:
+    return summary["relative_drop"] if relative else summary["drop"]
+
+
+def _plot_stealth_plane(victims: dict[str, dict[str, Any]], out: Path) -> str | None:
+    """Attack success against stealth: one panel per stealth measure, one point per (victim,
+    attack), with 95% CI bars across seeds on both axes (none for a single seed). Success is
+    the relative drop of the victim's return where every point has one, else the drop."""
+    plt = _pyplot()
+    points = [(slug, s) for slug, v in victims.items() for s in v["attacks"]]
+    keys = [k for k in ("action_tv", "state_auc", "state_kl") if any((s.get("stealth") or {}).get(k) for _, s in points)]
+    if not keys:
+        return None
+    relative = all(s["relative_drop"] is not None for _, s in points)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8), squeeze=False)
+    markers = "osD^v<>Pp*X"
+    for ax, key in zip(axes[0], keys, strict=True):
+        for k, (slug, s) in enumerate(points):
+            x, y = (s.get("stealth") or {}).get(key), _success(s, relative)
+            if x is None or y is None:
+                continue
+
+            def err(m):
+                return [[max(m["mean"] - m["ci95"][0], 0.0)], [max(m["ci95"][1] - m["mean"], 0.0)]] if m["ci95"] else None
+            label = f"{slug}: {s['adversary']}" + (" (white-box)" if s["white_box"] else "")
+            label += (f", ε={s['budget']}" if s["budget"] is not None else "")
+            label += (f", α in {s['adversary_team']}" if s.get("adversary_team") else "")
+            ax.errorbar(x["mean"], y["mean"], xerr=err(x), yerr=err(y), fmt=markers[k % len(markers)],
+                        capsize=3, color="#c44e52" if s["white_box"] else f"C{k % 10}", label=label)
+        if key == "state_auc":
+            ax.axvline(0.5, color="grey", lw=0.8, ls="--")  # indistinguishable
+        ax.set_xlabel(STEALTH_MEASURES[key][0] + ("  (0.5 = stealthy)" if key == "state_auc" else "  (0 = stealthy)"))
+        ax.set_ylabel("relative drop of the victim's return" if relative else "drop of the victim's return")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(3, len(labels)), bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle("attack success against stealth (mean, 95% CI across seeds)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(labels) - 1) // 3), 1, 1))
+    fig.savefig(out / "stealth_plane.png", dpi=110)
+    plt.close(fig)
+    return "stealth_plane.png"
+
+
 # --------------------------------------------------------------------------------- writing
 def _fmt(s: dict[str, Any] | None, digits: int = 2) -> str:
     if s is None:
@@ -278,7 +345,7 @@ def _fmt(s: dict[str, Any] | None, digits: int = 2) -> str:
     return text
 
 
-def _markdown(victims: dict[str, dict[str, Any]]) -> str:
+def _markdown(victims: dict[str, dict[str, Any]], plane: str | None = None) -> str:
     lines = ["# Adversarial evaluation report", ""]
     lines += [
         "Victim team return (sum over its agents and over time) and win rate, clean and under each",
@@ -288,6 +355,12 @@ def _markdown(victims: dict[str, dict[str, Any]]) -> str:
         "drop = drop / |clean|, paired per seed. White-box attacks see the victims' parameters and",
         "gradients; the others only query the victims as a black box.",
         "",
+        "Stealth (the same statistics across seeds): *action TV*, the total variation between the",
+        "policy in effect for the attacked agent and its own, averaged over the states visited under",
+        "attack (≤ ε for partial control); *state AUC*, the held-out ROC AUC of a logistic regression",
+        "telling attacked from clean states (0.5 = indistinguishable); *state KL*, KL(attacked ‖ clean)",
+        "of binned visitation on a 2-D PCA of the clean states (nats; 0 = no shift).",
+        "",
     ]
     for slug, v in victims.items():
         rows = v["attacks"]
@@ -296,11 +369,14 @@ def _markdown(victims: dict[str, dict[str, Any]]) -> str:
         head = "| attack | threat model | seeds | attacker env steps | return clean | return attacked | drop | relative drop |"
         if has_wins:
             head += " win rate clean | win rate attacked |"
+        head += " action TV | state AUC | state KL |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for r in rows:
             label = r["adversary"] + (" **(white-box)**" if r["white_box"] else "")
             if r["budget"] is not None:
                 label += f", ε={r['budget']}"
+            if r.get("adversary_team"):
+                label += f", α in team `{r['adversary_team']}`"
             steps = sorted(set(r["attack_env_steps"]))
             row = (
                 f"| {label} | {r['threat_model']} | {len(r['seeds'])} | {', '.join(str(s) for s in steps)} | "
@@ -309,6 +385,8 @@ def _markdown(victims: dict[str, dict[str, Any]]) -> str:
             )
             if has_wins:
                 row += f" {_fmt(r['win_rate_clean'], 3)} | {_fmt(r['win_rate_attacked'], 3)} |"
+            st = r.get("stealth") or {}
+            row += f" {_fmt(st.get('action_tv'), 3)} | {_fmt(st.get('state_auc'), 3)} | {_fmt(st.get('state_kl'), 3)} |"
             lines.append(row)
         lines.append("")
         for title, key in (("Victim return", "returns_png"), ("Victim win rate", "win_rate_png"),
@@ -317,6 +395,10 @@ def _markdown(victims: dict[str, dict[str, Any]]) -> str:
                 lines += [f"**{title}**", "", f"![{title}]({v[key]})", ""]
         for gif in v.get("gifs", []):
             lines += [f"**{gif['title']}**", "", f"![{gif['title']}]({gif['file']})", ""]
+    if plane:
+        lines += ["## Attack success against stealth", "",
+                  "One point per (victim, attack): mean across seeds, with 95% CI bars on both axes.", "",
+                  f"![Attack success against stealth]({plane})", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -358,7 +440,8 @@ def write_report(paths: list[Path], out: Path) -> dict[str, Any]:
                     gifs.append({"title": f"{g.label}: {kind} episode (seed {run.eval['episode_seeds'][0]})", "file": dst})
         entry["gifs"] = gifs
         victims[slug] = entry
-    report = {"runs": [str(r.path) for r in runs], "victims": victims}
+    plane = _plot_stealth_plane(victims, out)
+    report = {"runs": [str(r.path) for r in runs], "victims": victims, "stealth_png": plane}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(_markdown(victims))
+    (out / "report.md").write_text(_markdown(victims, plane))
     return report

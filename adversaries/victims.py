@@ -72,6 +72,9 @@ class FrozenTeam:
         self.module, self.space, self.deterministic = module, action_space, deterministic
         self.discrete = isinstance(action_space, gym.spaces.MultiDiscrete)
         self.scripted = not hasattr(module, "sample_joint")
+        # The last step's sampled DAG, joint action (module units) and dist inputs: what the
+        # trusted evaluation reads back to measure stealth (``own_policy``).
+        self._last: tuple[Any, torch.Tensor, torch.Tensor] | None = None
         if not self.discrete:
             self._box = [gym.spaces.Box(lo, hi) for lo, hi in zip(action_space.low, action_space.high, strict=True)]
 
@@ -94,7 +97,8 @@ class FrozenTeam:
             return np.asarray(self.module.forward_inference({Columns.OBS: obs})[Columns.ACTIONS][0])
         do = self._intervention(intervention, obs["alive"].shape[1]) if intervention else None
         graph = _graph(self.module, obs, self.deterministic)
-        actions, _ = self.module.sample_joint(obs, graph, self.deterministic, intervene=do)
+        actions, params = self.module.sample_joint(obs, graph, self.deterministic, intervene=do)
+        self._last = (graph, actions, params)
         joint = actions[0].numpy()
         if self.discrete:
             return joint.astype(np.int64)
@@ -103,6 +107,22 @@ class FrozenTeam:
         for i, a in (intervention or {}).items():  # the fixed actions are executed as given
             out[i] = np.asarray(a, np.float32)
         return out
+
+
+    @torch.inference_mode()
+    def own_params(self, team_obs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """[n, A]: every agent's own π_i(· | o_i, a_Pa(i)) on ``team_obs``, with the DAG and the
+        parents' actions of the last step (teacher-forced, no sampling: torch's stream is not
+        touched). None for a scripted team or before the first step."""
+        if self.scripted or self._last is None:
+            return None
+        graph, actions, _ = self._last
+        obs = {k: torch.from_numpy(np.asarray(v)).unsqueeze(0) for k, v in team_obs.items()}
+        return self.module.conditional_logits(obs, actions, graph)[0].numpy()
+
+    def last_params(self) -> np.ndarray | None:
+        """[n, A]: the dist inputs the last step sampled from (on the observations it was given)."""
+        return None if self.scripted or self._last is None else self._last[2][0].numpy()
 
 
 _FROZEN: dict[int, FrozenTeam] = {}
@@ -151,6 +171,16 @@ class WhiteBoxVictim:
     def policy_params(self, obs: dict[str, torch.Tensor], actions: torch.Tensor, graph) -> torch.Tensor:
         """π_i(· | o_i, a_Pa(i)) dist inputs [B, n, A], differentiable w.r.t. ``obs['obs']``."""
         return self.module.conditional_logits(obs, actions, graph)
+
+
+def own_policy(victim: BlackBoxVictim, team_obs: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray | None, bool]:
+    """Trusted project code only (the evaluation's stealth measures), never handed to a plugin:
+    the victim team's own distribution inputs [n, A] at its last step, on ``team_obs`` (the
+    clean observations; None = those the step was given), and whether the team acts
+    deterministically."""
+    team = _FROZEN[victim._handle]
+    params = team.last_params() if team_obs is None else team.own_params(team_obs)
+    return params, team.deterministic
 
 
 def frozen_teams(victim: TeamCheckpoint, env, deterministic: bool) -> dict[str, FrozenTeam]:

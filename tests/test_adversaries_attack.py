@@ -152,7 +152,7 @@ def test_attack_eval_is_paired_and_complete(gleave_run, victim, capsys, tmp_path
     result = json.loads((run_dir / "attack_eval.json").read_text())
     assert result["victim"]["team"] == "team_0" and result["victim"]["env"]["import"] == "mpe2.simple_spread_v3"
     assert result["adversary"] == {"name": "gleave", "threat_model": "takeover", "white_box": False,
-                                   "agents": [0], "budget": None, "params": {}}
+                                   "team": "team_0", "agents": [0], "budget": None, "params": {}}
     assert result["attack_env_steps"] == 800 and result["episodes"] == 3
     assert result["episode_seeds"] == [100000, 100001, 100002]
     for side in ("clean", "attacked"):
@@ -168,6 +168,13 @@ def test_attack_eval_is_paired_and_complete(gleave_run, victim, capsys, tmp_path
     other = json.loads((Path(out[-1]) / "attack_eval.json").read_text())
     assert code == 0 and other["clean"]["returns"] == result["clean"]["returns"]
     assert other["attack_env_steps"] == 0 and not (Path(out[-1]) / "checkpoints").exists()
+    # Stealth, for every attack: a uniform agent is far from the victim's own policy; a
+    # takeover's attacker controls every step.
+    for r in (result, other):
+        st = r["stealth"]
+        assert 0.0 < st["action_tv"]["mean"] <= st["action_tv"]["max"] <= 1.0 and st["action_tv"]["steps"] == 75
+        assert st["executed_fraction"] == 1.0 and st["states"] == {"clean": 75, "attacked": 75}
+        assert 0.0 <= st["state_auc"] <= 1.0 and st["state_kl"] >= 0.0
 
 
 def test_attack_seeds_differ_in_the_attackers_randomness_not_in_the_clean_episodes(victim, capsys, tmp_path):
@@ -203,13 +210,16 @@ def test_obs_pgd_is_labelled_white_box(victim, capsys, tmp_path):
     result = json.loads((Path(out[-1]) / "attack_eval.json").read_text())
     assert result["adversary"]["white_box"] is True and result["adversary"]["threat_model"] == "observation"
     assert result["adversary"]["budget"] == 0.2 and result["adversary"]["params"]["iterations"] == 3
+    # π̂(·|õ) against π̂(·|o): the perturbation moves the attacked agent's own policy.
+    st = result["stealth"]
+    assert 0.0 < st["action_tv"]["mean"] <= 1.0 and "executed_fraction" not in st
 
 
 # ------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--adversary", "nope"], "unknown adversary 'nope'; registered: ami, gleave, obs_pgd, random"),
+        (["--adversary", "nope"], "unknown adversary 'nope'; registered: ami, gap, gleave, obs_pgd, random"),
         (["--adversary", "gleave", "adversary.agents=[3]"], "'adversary.agents': [3] must be distinct agent ids in 0..2"),
         (["--adversary", "gleave", "adversary.agents=[1,1]"], "must be distinct agent ids"),
         (["--adversary", "gleave", "env={import: mpe2.simple_spread_v3, kwargs: {N: 4}}"], "was trained for"),

@@ -17,13 +17,14 @@ VICTIM = "/runs/mappo-smax_3m-1/checkpoints/iter_000250"
 
 
 def fake_run(root: Path, name: str, adversary: str, seed: int, clean: float, attacked: float,
-             white_box: bool = False, budget=None, curve=None, wins=None, gif=False) -> Path:
+             white_box: bool = False, budget=None, curve=None, wins=None, gif=False, stealth=None,
+             threat_model=None, team=None) -> Path:
     """An attack run directory as `run.py attack` leaves it (the files the report reads)."""
     d = root / name
     (d / "plots").mkdir(parents=True)
     ev = {
         "victim": {"checkpoint": VICTIM, "env": {"import": "envs.smax"}, "team": "team_0"},
-        "adversary": {"name": adversary, "threat_model": "observation" if white_box else "takeover",
+        "adversary": {"name": adversary, "threat_model": threat_model or ("observation" if white_box else "takeover"),
                       "white_box": white_box, "agents": [0], "budget": budget, "params": {}},
         "seed": seed, "attack_env_steps": 1000 if curve else 0, "episodes": 4,
         "episode_seeds": [100, 101, 102, 103],
@@ -33,6 +34,10 @@ def fake_run(root: Path, name: str, adversary: str, seed: int, clean: float, att
     }
     if wins is not None:
         ev["clean"]["win_rate"], ev["attacked"]["win_rate"] = wins
+    if stealth is not None:
+        ev["stealth"] = stealth
+    if team is not None:
+        ev["adversary"]["team"] = team
     if gif:
         for kind in ("clean", "attacked"):
             (d / "plots" / f"episode_{kind}.gif").write_bytes(b"GIF89a")
@@ -130,3 +135,42 @@ def test_report_of_seeds_with_identical_results_draws_its_bars(tmp_path):
     lo, hi = rnd["return_attacked"]["ci95"]
     assert lo <= rnd["return_attacked"]["mean"] <= hi
     assert (tmp_path / "report" / victim["returns_png"]).is_file()
+
+
+def stealth_of(tv, auc, kl, executed=None):
+    out = {"action_tv": {"mean": tv, "max": min(1.0, tv + 0.05), "ci95": [tv, tv], "per_episode": [tv], "steps": 100},
+           "state_auc": auc, "state_kl": kl, "states": {"clean": 100, "attacked": 100}}
+    if executed is not None:
+        out["executed_fraction"] = executed
+    return out
+
+
+def test_report_shows_stealth_columns_and_the_success_stealth_plane(tmp_path):
+    root = tmp_path / "attacks"
+    for s, (tv, auc, kl, attacked) in enumerate([(0.9, 0.95, 2.0, 2.0), (0.8, 0.9, 1.6, 4.0)]):
+        fake_run(root, f"gleave-{s}", "gleave", s, 10.0, attacked, stealth=stealth_of(tv, auc, kl))
+    for s, (tv, auc, kl) in enumerate([(0.1, 0.55, 0.2), (0.12, 0.5, 0.3)]):
+        fake_run(root, f"gap-{s}", "gap", s, 10.0, 7.0, budget=0.25, threat_model="partial_control",
+                 stealth=stealth_of(tv, auc, kl, executed=0.25))
+    fake_run(root, "gap-opp", "gap", 0, 10.0, 5.0, budget=1.0, threat_model="partial_control",
+             stealth=stealth_of(0.7, 0.8, 1.0, executed=1.0), team="team_1")  # α on the other team
+    fake_run(root, "old", "random", 0, 10.0, 9.0)  # a run from before the stealth measures
+    out = tmp_path / "report"
+    report = write_report([root], out)
+    (victim,) = report["victims"].values()
+    by_label = {(a["adversary"], a["budget"], a["adversary_team"]): a for a in victim["attacks"]}
+    gap = by_label[("gap", 0.25, None)]["stealth"]
+    assert gap["action_tv"]["mean"] == pytest.approx(0.11) and gap["action_tv"]["n"] == 2
+    lo, hi = gap["state_kl"]["ci95"]
+    assert 0.2 <= lo <= 0.25 <= hi <= 0.3 and gap["executed_fraction"]["mean"] == pytest.approx(0.25)
+    assert by_label[("gap", 1.0, "team_1")]["stealth"]["executed_fraction"]["mean"] == 1.0
+    assert by_label[("random", None, None)]["stealth"] == {k: None for k in gap}
+    md = (out / "report.md").read_text()
+    assert "| action TV | state AUC | state KL |" in md
+    assert "| gap, ε=0.25 | partial_control | 2 |" in md and "0.110 [0.100, 0.120]" in md
+    assert "gap, ε=1.0, α in team `team_1`" in md
+    row = next(line for line in md.splitlines() if line.startswith("| random |"))
+    assert row.endswith("| — | — | — |")
+    assert report["stealth_png"] == "stealth_plane.png" and (out / "stealth_plane.png").is_file()
+    assert "![Attack success against stealth](stealth_plane.png)" in md
+    assert md.index("| attack |") < md.index("![")

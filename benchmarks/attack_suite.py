@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAINS = {"gleave", "ami"}  # the adversaries that train an attacker (the others only evaluate)
+TRAINS = {"gleave", "ami", "gap"}  # the adversaries that train an attacker (the others only evaluate)
 EVAL_FILE = "attack_eval.json"
 GIF_LIMIT = 2 * 1024 * 1024
 

@@ -43,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
         "--decentralized", action="store_true",
         help="force the empty graph: each agent acts on its own observation only",
     )
+    e.add_argument(
+        "--exploitability", action="store_true",
+        help="games with an exact tree (Kuhn poker): print the profile's exact exploitability "
+        "(OpenSpiel) and its ε-budgeted exploitability instead of playing episodes",
+    )
+    e.add_argument(
+        "--export-policy", type=Path, metavar="FILE.json",
+        help='with an exact game: write {"game": ..., "policy": {info_state: [p_0, p_1, ...]}}',
+    )
 
     a = sub.add_parser(
         "attack",
@@ -121,16 +130,29 @@ def _cmd_evaluate(args) -> int:
         raise UserError(f"--episodes must be a positive integer (got {args.episodes})")
     if args.json is not None and not args.json.parent.is_dir():
         raise UserError(f"--json: directory '{args.json.parent}' does not exist")
-    from marl.evaluate import evaluate
+    if args.export_policy is not None and not args.export_policy.parent.is_dir():
+        raise UserError(f"--export-policy: directory '{args.export_policy.parent}' does not exist")
+    if args.exploitability or args.export_policy is not None:
+        from marl.exploitability import exact_evaluation
 
-    result = evaluate(args.checkpoint, args.episodes, args.deterministic, args.seed, args.decentralized)
+        result, table, game = exact_evaluation(args.checkpoint, args.deterministic)
+        if args.export_policy is not None:
+            _write_atomic(args.export_policy, json.dumps({"game": game, "policy": table}, indent=2))
+    else:
+        from marl.evaluate import evaluate
+
+        result = evaluate(args.checkpoint, args.episodes, args.deterministic, args.seed, args.decentralized)
     text = json.dumps(result, indent=2)
     if args.json is not None:
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, args.json)
+        _write_atomic(args.json, text)
     print(text)
     return 0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)
 
 
 def _cmd_report(args) -> int:

@@ -48,6 +48,9 @@ def _victim(checkpoint: str):
     return load_victim_checkpoint(Path(checkpoint))
 
 
+RNG_KEY = 0xA77AC  # this env's draws (the attacked agent) never repeat an env's default_rng(seed)
+
+
 class AttackEnv(MultiAgentEnv):
     """``config`` keys: ``env`` (the team env's config: import, kwargs, teams), ``team``
     (the victim team: the attacker is paid −its reward), ``adversary_team`` (α's team, that
@@ -75,7 +78,7 @@ class AttackEnv(MultiAgentEnv):
         self.victims = {
             t: BlackBoxVictim(f) for t, f in frozen_teams(victim, self.env, bool(c.get("deterministic"))).items()
         }
-        self.rng = np.random.default_rng(c.get("seed", 0))
+        self.rng = np.random.default_rng([c.get("seed", 0), RNG_KEY])
         self.coin_rng = np.random.default_rng(np.random.SeedSequence([c.get("seed", 0), COIN_STREAM]))
         self.k = 1 if self.fixed_attacked is None else len(self.fixed_attacked)
         self.n = self.team_spec.n_agents
@@ -149,7 +152,7 @@ class AttackEnv(MultiAgentEnv):
     # ---------------------------------------------------------------------- API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is not None:  # the episode seed decides the attacked agent: paired episodes
-            self.rng = np.random.default_rng(seed)
+            self.rng = np.random.default_rng([seed, RNG_KEY])  # not the env's own stream
             self.coin_rng = np.random.default_rng(np.random.SeedSequence([seed, COIN_STREAM]))
         if self.fixed_attacked is None:
             self.attacked = [int(self.rng.integers(self.n))]

@@ -66,6 +66,9 @@ class AdversaryPlugin:
     trains: ClassVar[bool] = True  # False: evaluate only (random, obs_pgd)
     Params: ClassVar[type[pydantic.BaseModel]] = NoParams  # config `adversary.params`
     default_budget: ClassVar[float | None] = None  # `adversary.budget: null` means this
+    # May α be another team than the victim (the victim's opponent in a competitive env)?
+    # False for a plugin that models the victim team through α (AMI's influence term).
+    controls_opponents: ClassVar[bool] = True
 
     def __init__(self, params: pydantic.BaseModel, ctx: AttackContext):
         self.params, self.ctx = params, ctx

@@ -178,6 +178,11 @@ def resolve(cfg: AttackConfig) -> AttackSetup:
         adv_team = cfg.adversary.team or team
         if adv_team not in teams:
             raise ConfigError(f"config key 'adversary.team': the env has no team '{adv_team}' (teams: {', '.join(teams)})")
+        if adv_team != team and not plugin_cls.controls_opponents:
+            raise ConfigError(
+                f"config key 'adversary.team': adversary '{cfg.adversary.name}' attacks through a member of "
+                f"the victim team '{team}' only, not through '{adv_team}'"
+            )
         for t in teams:  # every team of the env is played by the victim checkpoint's module
             check_team_fits(victim, t, env)
         spec = env.specs[adv_team]

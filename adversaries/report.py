@@ -359,7 +359,7 @@ def _markdown(victims: dict[str, dict[str, Any]], plane: str | None = None) -> s
         "policy in effect for the attacked agent and its own, averaged over the states visited under",
         "attack (≤ ε for partial control); *state AUC*, the held-out ROC AUC of a logistic regression",
         "telling attacked from clean states (0.5 = indistinguishable); *state KL*, KL(attacked ‖ clean)",
-        "of binned visitation on a 2-D PCA of the clean states (nats; 0 = no shift).",
+        "of binned visitation on a 2-D PCA of both sets' standardised states (nats; 0 = no shift).",
         "",
     ]
     for slug, v in victims.items():

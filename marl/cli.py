@@ -150,6 +150,8 @@ def _cmd_evaluate(args) -> int:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    if path.is_dir():
+        raise UserError(f"'{path}' is a directory; expected a file name to write")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text + "\n")
     os.replace(tmp, path)

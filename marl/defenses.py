@@ -2,9 +2,9 @@
 against something (``defense.name`` in the config; ``defense: null`` = plain training).
 
 marl knows no specific defense. A defense is a ``Defense`` subclass registered with
-``@register``; the built-in ones live in the ``adversaries.defenses`` package (imported here
-when it is installed, as ``adversaries.registry`` imports its built-in plugins), third-party
-ones come through the entry-point group ``marl_robust.defenses``
+``@register``. Every defense, the built-in ones of ``adversaries.defenses`` included, is
+found through the entry-point group ``marl_robust.defenses`` (this project's pyproject.toml
+declares its own), so marl never imports the adversaries package by name
 (``[project.entry-points."marl_robust.defenses"] name = "pkg.module:DefenseClass"``).
 
 A defense decides three things, all inside the one RLlib Algorithm that ``marl.algorithms``
@@ -19,8 +19,6 @@ assembles (no outer loop):
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -32,7 +30,6 @@ if TYPE_CHECKING:
     from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 
 ENTRY_POINT_GROUP = "marl_robust.defenses"
-BUILTIN_PACKAGES = ("adversaries.defenses",)
 
 
 class DefenseParams(pydantic.BaseModel):
@@ -80,15 +77,15 @@ def register(cls: type[Defense]) -> type[Defense]:
 
 
 def load_defenses() -> dict[str, type[Defense]]:
-    """Import the built-in defenses and the installed third-party ones (once)."""
+    """The installed defenses, from the entry-point group (loaded once)."""
     global _loaded
     if not _loaded:
         _loaded = True
-        for package in BUILTIN_PACKAGES:
-            if importlib.util.find_spec(package.partition(".")[0]) and importlib.util.find_spec(package):
-                importlib.import_module(package)
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            cls = ep.load()
+            try:
+                cls = ep.load()
+            except Exception as e:  # noqa: BLE001 - a broken third-party package: one error line
+                raise ConfigError(f"entry point '{ep.name}' of {ENTRY_POINT_GROUP} failed to load: {e}") from None
             if not (isinstance(cls, type) and issubclass(cls, Defense)):
                 raise ConfigError(f"entry point '{ep.name}' of {ENTRY_POINT_GROUP} is not a Defense")
             register(cls)
@@ -105,7 +102,7 @@ def validate_defense(data: Any) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise ConfigError(f"config key 'defense' must be null or a mapping with 'name' (registered defenses: {registered})")
     name = data.get("name")
-    if name not in defenses:
+    if not isinstance(name, str) or name not in defenses:
         what = "is missing" if name is None else f"'{name}' is not a registered defense"
         raise ConfigError(f"config key 'defense.name' {what}; registered: {registered}")
     cls = defenses[name]

@@ -34,6 +34,7 @@ def run_main(capsys, argv):
     [
         (COORD3, ["defense.name=adverserial", "defense.budget=0.1"], ["defense.name", "'adverserial'", "registered: adversarial_training"]),
         (COORD3, ["defense.budget=0.1"], ["defense.name", "is missing", "adversarial_training"]),
+        (COORD3, ["defense.name=[x]", "defense.budget=0.1"], ["defense.name", "is not a registered defense"]),
         (COORD3, ["defense.name=adversarial_training", "defense.budget=0", "defense.agents=[0]"], ["defense.budget", "greater than 0"]),
         (COORD3, ["defense.name=adversarial_training", "defense.budget=1.5", "defense.agents=[0]"], ["defense.budget", "less than or equal to 1"]),
         (COORD3, ["defense.name=adversarial_training", "defense.agents=[0]"], ["defense.budget", "missing"]),
@@ -193,6 +194,25 @@ def test_competitive_env_draws_the_victim_per_episode_and_attacks_its_opponent()
         assert not infos[a.team][EXECUTED_INFO].any()  # ε = 1: α (the opponent) never ran its own
         assert EXECUTED_INFO not in infos[a.victim]  # the victim plays its own policy in full
     assert seen == {"attacker_adversary", "attacker_good"}
+
+
+def test_competitive_opponent_learns_only_from_the_episodes_where_it_is_the_victim():
+    """At ε < 1 the opponent α still plays some steps itself, beside an attacker that is its
+    ally (paid −r_victim): none of its steps in those episodes enter its surrogate."""
+    cfg = load_config(PUSH, ["defense.name=adversarial_training", "defense.budget=0.5"])
+    defense = AdversarialTraining(AdversarialTraining.Params.model_validate(cfg.defense))
+    attacks = defense.attacks(cfg, {"adversary": 1, "good": 1})
+    env = PartialControlEnv({"env": cfg.to_dict()["env"], "attacks": attacks, "budget": 0.5, "seed": 0})
+    taken = []
+    for ep in range(10):
+        obs, _ = env.reset(seed=ep)
+        a = env.active
+        for _ in range(5):
+            acts = {t: env.action_spaces[t].sample() for t in obs}
+            obs, _, _, _, infos = env.step(acts)
+            assert not infos[a.team][EXECUTED_INFO].any()
+            taken.append(infos[a.attacker][EXECUTED_INFO].mean())
+    assert 0 < np.mean(taken) < 1  # the attacker itself ran only on its replaced steps
 
 
 # --------------------------------------------------------------------------- in RLlib

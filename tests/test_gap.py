@@ -182,6 +182,13 @@ def test_bad_gap_input_exits_2_with_one_line(victim, capsys, tmp_path, args, fra
     assert not (tmp_path / "runs").exists()
 
 
+def test_ami_refuses_to_attack_through_the_opponent(push_victim, capsys, tmp_path):
+    code, _, err = run_main(capsys, "attack", str(push_victim), "--adversary", "ami", "victim.team=good",
+                            "adversary.team=adversary", f"output_dir={tmp_path / 'runs'}")
+    assert code == 2 and len(err) == 1 and "adversary 'ami' attacks through a member of the victim team" in err[0], err
+    assert not (tmp_path / "runs").exists()
+
+
 # ----------------------------------------------------------------------- end to end
 @pytest.mark.parametrize("which, budget", [("cooperative", 0.5), ("competitive", 0.5), ("cooperative", 0.0)])
 def test_run_py_attack_gap_end_to_end(victim, push_victim, capsys, tmp_path, which, budget):

@@ -24,6 +24,7 @@ class AMIPlugin(AdversaryPlugin):
     white_box: ClassVar[bool] = False
     trains: ClassVar[bool] = True
     Params: ClassVar[type[AMIParams]] = AMIParams
+    controls_opponents: ClassVar[bool] = False  # its action model and influence are the victim team's
 
     def learner_class(self) -> type:
         return AMILearner

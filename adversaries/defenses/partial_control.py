@@ -129,7 +129,15 @@ class PartialControlEnv(MultiAgentEnv):
         team_info = infos.setdefault(a.team, {})
         n = self.env.specs[a.team].n_agents
         executed = np.asarray(team_info.get(EXECUTED_INFO, np.ones(n, bool)), bool).copy()
-        executed[np.asarray(ids)[take]] = False  # α's sampled action did not run
+        if a.team == a.victim:
+            executed[np.asarray(ids)[take]] = False  # α's sampled action did not run
+        else:
+            # α is the opponent, itself a trained team (self-play). In the episodes where it
+            # plays α, an attacker paid −r_victim acts beside it as its ally; learning from
+            # them would tune its policy to that alliance. Its policy learns only from the
+            # episodes where it is the victim (Liu et al. 2024 keep π̂_α fixed during the
+            # defense); its critic still sees every step.
+            executed[:] = False
         team_info[EXECUTED_INFO] = executed
         self._replaced += int(take.sum())
         self._slots += int(alive.sum())

@@ -22,7 +22,7 @@ relative to own (2), opponent yaw rate (1), own and opponent distance to the rin
 **Outcome.** After every env step, a player whose centre is beyond the ring radius ``R``
 (``ring_radius``) has left the ring and loses: the episode terminates, the other player wins.
 The bodies cannot fall (planar joints), so leaving the ring is the only way to lose; both out
-at the same step is a tie. At ``max_steps`` the episode is truncated as a tie. Every step's
+at the same step is a tie. At ``max_steps`` the game ends (terminates) in a tie. Every step's
 info has ``won`` (bool; the team adapter reads it, ``envs.adapter.WIN_INFO_KEYS``); the last
 step's info also has ``outcome``: ``"win"``, ``"loss"`` or ``"tie"``.
 
@@ -216,11 +216,13 @@ class SumoEnv(ParallelEnv):
         self.t += 1
 
         out = np.linalg.norm(self.positions(), axis=1) > self.ring_radius
-        terminated = bool(out.any())
-        truncated = not terminated and self.t >= self.max_steps
-        if terminated and not out.all():
+        # The time limit is a rule of the game (a tie), and the time left is observed: the
+        # game terminates there, with nothing to bootstrap, as it does when a player is out.
+        terminated = bool(out.any()) or self.t >= self.max_steps
+        truncated = False
+        if out.any() and not out.all():
             outcome = ["loss" if out[i] else "win" for i in range(2)]
-        elif terminated or truncated:
+        elif terminated:
             outcome = ["tie", "tie"]
         else:
             outcome = [None, None]

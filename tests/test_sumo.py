@@ -93,7 +93,7 @@ def test_time_limit_is_a_tie():
         _, rew, term, trunc, infos = env.step({a: IDLE for a in AGENTS})
         assert all(i["won"] is False for i in infos.values())
         assert ("outcome" in infos["player_0"]) == (t == 4)
-    assert not env.agents and all(trunc.values()) and not any(term.values())
+    assert not env.agents and all(term.values()) and not any(trunc.values())  # a game's end, not a cut
     assert rew == {"player_0": 0.0, "player_1": 0.0}
     assert {i["outcome"] for i in infos.values()} == {"tie"}
 

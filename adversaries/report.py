@@ -267,7 +267,7 @@ def _plot_curves(slug: str, groups: list[Group], out: Path) -> str | None:
             ax.fill_between(x, y.mean(0) - half, y.mean(0) + half, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("attacker env steps")
     ax.set_ylabel("attacker return (−victim return)")
-    ax.set_title(f"{slug}: attack learning curves (mean, 95% t band)")
+    ax.set_title(f"{slug}\nattack learning curves (mean, 95% t band)", fontsize=9)
     ax.legend(fontsize=8)
     return _save(fig, out / f"{slug}_curves.png")
 

@@ -67,6 +67,7 @@ def plot(groups: dict[str, dict], out: Path) -> None:
         x = np.array(g["env_steps"])
         m = np.array(g["exploitability_mean"])
         lo, hi = np.array(g["exploitability_ci95"]).T
+        lo = np.maximum(lo, 0.0)  # exploitability is ≥ 0; the t-interval is drawn cut at 0
         ax.plot(x, m, marker="o", label=f"{name} ({len(g['seeds'])} seeds)")
         ax.fill_between(x, lo, hi, alpha=0.2)
     ax.axhline(0.05, color="black", ls=":", lw=0.8, label="target: 0.05 from Nash")

@@ -13,7 +13,7 @@ At ε = 0 the attacker's actions never run, so training it is pointless: that bu
 
     python benchmarks/gap_budget_sweep.py VICTIM --runs DIR --report DIR \\
         [--budgets 0 0.1 0.25 0.5 1] [--seeds 0 1 2] [--steps 50000] [--episodes 32] \\
-        [--unconstrained] [--parallel 2] [--set victim.team=player_0 adversary.team=player_1 ...]
+        [--unconstrained] [--parallel 2] [--report-only] [--set victim.team=player_0 adversary.team=player_1 ...]
 
 The last stdout line is one JSON object: per ε, the victim's return (and win rate) and the
 stealth measures, mean and CI across seeds.
@@ -98,6 +98,8 @@ def main() -> None:
     p.add_argument("--unconstrained", action="store_true", help="also a gleave takeover of the same agent")
     p.add_argument("--parallel", type=int, default=1, choices=(1, 2))
     p.add_argument("--gif", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: report the runs of --runs that have finished (an interrupted sweep)")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], action="extend", metavar="KEY=VALUE")
     args = p.parse_args()
 
@@ -114,6 +116,8 @@ def main() -> None:
 
     def run(job):
         name, seed, tag, extra, steps = job
+        if args.report_only:
+            return attack_suite.finished(runs / tag / f"{name}-s{seed}")
         a = argparse.Namespace(episodes=args.episodes, gif=args.gif, budget=steps,
                                overrides=[*args.overrides, *extra])
         (runs / tag).mkdir(parents=True, exist_ok=True)

@@ -110,3 +110,18 @@ def test_executed_flags_reach_the_loss_row_by_row(tmp_path, monkeypatch):
         want = torch.stack([torch.tensor([OverrideEnv.executed(int(x), i) for i in range(2)]) for x in t[:, 0]])
         assert torch.equal(s["executed"][real].bool(), want)
         assert 0 < s["executed"][real].mean() < 1
+
+
+def test_plain_training_carries_no_executed_column(tmp_path, monkeypatch):
+    """Without partial control nothing is masked: the batch has no ``executed`` column, so the
+    loss takes its unmasked path."""
+    keys = []
+    original = joint_ppo.JointPPOLearner.compute_loss_for_module
+
+    def compute(self, *, module_id, config, batch, fwd_out):
+        keys.append(set(batch.keys()))
+        return original(self, module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
+
+    monkeypatch.setattr(joint_ppo.JointPPOLearner, "compute_loss_for_module", compute)
+    train(load_config(None, [*TINY[:5], "train.total_env_steps=400", f"output_dir={tmp_path}"]))
+    assert keys and not any("executed" in k for k in keys)

@@ -34,6 +34,7 @@ from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from adversaries.defenses.partial_control import REPLACED_FRACTION, PartialControlEnv
+from marl.callbacks import last_infos
 from marl.defenses import Defense, DefenseParams, register
 from marl.errors import ConfigError
 
@@ -182,10 +183,6 @@ def log_replaced_fraction(*, episode, metrics_logger=None, **kwargs) -> None:
     the episode (the env puts it in the attacker's last info), mean over recent episodes."""
     if metrics_logger is None:
         return
-    try:
-        last = episode.get_infos(-1)
-    except (IndexError, KeyError, ValueError):
-        return
-    for agent, info in (last or {}).items():
+    for agent, info in last_infos(episode).items():
         if str(agent).startswith(ATTACKER_PREFIX) and isinstance(info, dict) and REPLACED_FRACTION in info:
             metrics_logger.log_value(REPLACED_FRACTION, float(info[REPLACED_FRACTION]), reduce="mean", window=20)

@@ -33,15 +33,23 @@ class ExecutedActions(ConnectorV2):
     for action t comes with observation t+1 (``infos[t + 1]``)."""
 
     def __call__(self, *, rl_module, batch: dict[str, Any], episodes, **kwargs):
+        # One pass over the infos; a module gets the column only if some episode of its
+        # reports flags (then every episode of it, unflagged steps = executed). Plain training
+        # adds nothing to the batch and the loss takes its unmasked path.
+        rows_of = []
         for sa_episode in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
             module = rl_module[sa_episode.module_id] if sa_episode.module_id in rl_module else None
             n = getattr(module.unwrapped(), "n", None) if module is not None else None
             if n is None:  # not a team module (nothing to mask)
                 continue
-            infos = sa_episode.get_infos()[1:]
-            rows = np.ones((len(sa_episode), n), np.float32)
-            for t, info in enumerate(infos[: len(rows)]):
+            rows, flagged = np.ones((len(sa_episode), n), np.float32), False
+            for t, info in enumerate(sa_episode.get_infos()[1:][: len(rows)]):
                 if isinstance(info, dict) and EXECUTED in info:
                     rows[t] = np.asarray(info[EXECUTED], np.float32).reshape(n)
-            self.add_n_batch_items(batch, EXECUTED, list(rows), len(rows), sa_episode)
+                    flagged = True
+            rows_of.append((sa_episode, rows, flagged))
+        masked = {ep.module_id for ep, _, flagged in rows_of if flagged}
+        for sa_episode, rows, _ in rows_of:
+            if sa_episode.module_id in masked:
+                self.add_n_batch_items(batch, EXECUTED, list(rows), len(rows), sa_episode)
         return batch

@@ -65,6 +65,16 @@ def _graph(module, obs: dict[str, torch.Tensor], deterministic: bool):
     return module.graph(obs["obs"])
 
 
+def _with_repr(module, obs: dict) -> dict:
+    """The victim's observation plus its agent model's representation where it models the
+    other agents (encoded from the episode prefix the observation carries)."""
+    if not getattr(module, "models_agents", False):
+        return obs
+    from ray.rllib.core.columns import Columns
+
+    return module.with_representation({Columns.OBS: obs})
+
+
 class FrozenTeam:
     """A frozen module and its team's action space: joint actions in the env's units."""
 
@@ -96,6 +106,7 @@ class FrozenTeam:
 
             return np.asarray(self.module.forward_inference({Columns.OBS: obs})[Columns.ACTIONS][0])
         do = self._intervention(intervention, obs["alive"].shape[1]) if intervention else None
+        obs = _with_repr(self.module, obs)
         graph = _graph(self.module, obs, self.deterministic)
         actions, params = self.module.sample_joint(obs, graph, self.deterministic, intervene=do)
         self._last = (graph, actions, params)
@@ -118,7 +129,7 @@ class FrozenTeam:
             return None
         graph, actions, _ = self._last
         obs = {k: torch.from_numpy(np.asarray(v)).unsqueeze(0) for k, v in team_obs.items()}
-        return self.module.conditional_logits(obs, actions, graph)[0].numpy()
+        return self.module.conditional_logits(_with_repr(self.module, obs), actions, graph)[0].numpy()
 
     def last_params(self) -> np.ndarray | None:
         """[n, A]: the dist inputs the last step sampled from (on the observations it was given)."""
@@ -164,13 +175,14 @@ class WhiteBoxVictim:
     def joint_sample(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
         """A clean joint action [B, n(,k)] (module units) and the graph it was sampled on."""
         with torch.no_grad():
+            obs = _with_repr(self.module, obs)
             graph = _graph(self.module, obs, self._team.deterministic)
             actions, _ = self.module.sample_joint(obs, graph, self._team.deterministic)
         return actions, graph
 
     def policy_params(self, obs: dict[str, torch.Tensor], actions: torch.Tensor, graph) -> torch.Tensor:
         """π_i(· | o_i, a_Pa(i)) dist inputs [B, n, A], differentiable w.r.t. ``obs['obs']``."""
-        return self.module.conditional_logits(obs, actions, graph)
+        return self.module.conditional_logits(_with_repr(self.module, obs), actions, graph)
 
 
 def own_policy(victim: BlackBoxVictim, team_obs: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray | None, bool]:

@@ -11,6 +11,16 @@ groups every team into a single RLlib agent whose
   the extra actions masked out), or [n, k] for continuous ones (a Box with each agent's bounds);
 - reward is the team reward: the **sum** of its agents' rewards at that step.
 
+With ``history: {length: T, last_actions: bool}`` in the config, each team's observation also
+holds ``history`` [n, T, f]: agent i's per-step features of the others over the episode so far
+(the latest T steps, oldest first, the current step included, left-aligned), and
+``history_len`` [1], the number of valid rows (1 at the first step). The features are the env's
+own ``model_features(agent)`` where it has one (what the agent observes of the others, e.g.
+their relative positions and last actions), else the agent's local observation followed, with
+``last_actions``, by the one-hot last actions of every other discrete agent. Agent-modelling
+encoders read it (marl/agent_modeling); the buffer is written in place and copied once per
+step, so no prefix is ever rebuilt from Python lists.
+
 Agents are ordered as the env lists them in ``possible_agents`` (a list, so deterministic),
 and a dead agent keeps its slot: zero observation, ``alive`` 0, and only action 0 allowed.
 """
@@ -32,6 +42,9 @@ DEFAULT_TEAM = "team_0"
 class TeamGroupingError(ValueError):
     """``env.teams`` does not split the env's agents into disjoint, covering teams."""
 WIN_INFO_KEYS = ("battle_won", "won")
+# Per-episode behaviour type of the scripted others (envs/predator_prey.py, ...), passed on to
+# the team's info for evaluation (linear probes, detection); no learner reads it.
+TYPE_INFO = "type"
 # Per-agent info: False when the env executed another action than the agent's (partial
 # control). Teams get an [n] array; learners leave unexecuted actions out of the surrogate.
 EXECUTED_INFO = "executed"
@@ -133,11 +146,12 @@ class TeamEnv(MultiAgentEnv):
                 )
             self.specs[team] = spec
 
+        self._all_agents = names
+        self._dead: set[str] = set()
+        self.history = EpisodeHistory.from_config(config.get("history"), self) if config.get("history") else None
         self.possible_agents = list(self.teams)
         self.agents = list(self.teams)
         self.observation_spaces = {t: self._team_obs_space(s) for t, s in self.specs.items()}
-        self._all_agents = names
-        self._dead: set[str] = set()
 
     # ----------------------------------------------------------------- construction helpers
     @staticmethod
@@ -172,18 +186,18 @@ class TeamEnv(MultiAgentEnv):
             return int(np.asarray(self.env.state()).size)
         return len(names) * self._state_row
 
-    @staticmethod
-    def _team_obs_space(spec: TeamSpec) -> gym.spaces.Dict:
+    def _team_obs_space(self, spec: TeamSpec) -> gym.spaces.Dict:
         n, d, a = spec.n_agents, spec.obs_dim, spec.n_actions
         inf = np.float32(np.inf)
-        return gym.spaces.Dict(
-            {
-                "obs": gym.spaces.Box(-inf, inf, (n, d), np.float32),
-                "state": gym.spaces.Box(-inf, inf, (spec.state_dim,), np.float32),
-                "action_mask": gym.spaces.Box(0.0, 1.0, (n, a), np.float32),
-                "alive": gym.spaces.Box(0.0, 1.0, (n,), np.float32),
-            }
-        )
+        spaces = {
+            "obs": gym.spaces.Box(-inf, inf, (n, d), np.float32),
+            "state": gym.spaces.Box(-inf, inf, (spec.state_dim,), np.float32),
+            "action_mask": gym.spaces.Box(0.0, 1.0, (n, a), np.float32),
+            "alive": gym.spaces.Box(0.0, 1.0, (n,), np.float32),
+        }
+        if self.history is not None:
+            spaces.update(self.history.spaces(spec.name))
+        return gym.spaces.Dict(spaces)
 
     # --------------------------------------------------------------------- translation
     def _agent_obs(self, agent: str, raw: Any, info: dict) -> tuple[np.ndarray, np.ndarray | None]:
@@ -211,7 +225,12 @@ class TeamEnv(MultiAgentEnv):
                 if agent in flat:
                     state[k, : flat[agent][0].size] = flat[agent][0]
             state = state.reshape(-1)
-        return {team: self._team_obs(team, flat, state) for team in self.teams}
+        teams = {team: self._team_obs(team, flat, state) for team in self.teams}
+        if self.history is not None:
+            self.history.record(flat)
+            for team, team_obs in teams.items():
+                team_obs.update(self.history.observe(team))
+        return teams
 
     def _team_obs(self, team: str, flat: dict, state: np.ndarray) -> dict[str, np.ndarray]:
         spec = self.specs[team]
@@ -240,6 +259,8 @@ class TeamEnv(MultiAgentEnv):
                 if key in info:
                     out["won"] = bool(out.get("won", False) or info[key])
             executed.append(info.get(EXECUTED_INFO))
+            if TYPE_INFO in info:
+                out[TYPE_INFO] = info[TYPE_INFO]
         if any(e is not None for e in executed):  # an agent's action was replaced: say whose
             out[EXECUTED_INFO] = np.array([True if e is None else bool(e) for e in executed])
         return out
@@ -249,6 +270,8 @@ class TeamEnv(MultiAgentEnv):
         obs, infos = self.env.reset(seed=seed, options=options)
         infos = infos or {}
         self._dead = set()
+        if self.history is not None:
+            self.history.reset()
         return self._observe(obs, infos), {t: self._team_info(t, infos) for t in self.teams}
 
     def step(self, action_dict: dict[str, np.ndarray]):
@@ -260,6 +283,8 @@ class TeamEnv(MultiAgentEnv):
             for i, agent in enumerate(spec.agents):
                 if agent in live:
                     actions[agent] = joint[i].astype(np.float32) if spec.continuous else self._own_action(spec, i, joint[i])
+        if self.history is not None:
+            self.history.last_actions = actions
         obs, rewards, terms, truncs, infos = self.env.step(actions)
         infos = infos or {}
         done = len(self.env.agents) == 0
@@ -288,3 +313,84 @@ class TeamEnv(MultiAgentEnv):
 
     def close(self):
         self.env.close()
+
+
+class EpisodeHistory:
+    """Per-team buffers of the agents' per-step features of the others (module docstring).
+
+    ``features(agent)`` of one step: the env's ``model_features(agent)`` if it has one, else the
+    agent's flattened observation plus, with ``last_actions``, the one-hot last actions of the
+    other discrete agents (zeros before the first step and for agents without an action)."""
+
+    def __init__(self, env: TeamEnv, length: int, last_actions: bool):
+        self.env, self.length, self.with_actions = env, int(length), bool(last_actions)
+        self.own = callable(getattr(env.env, "model_features", None))
+        names = env._all_agents
+        self._n_act = {a: int(env.env.action_space(a).n) for a in names
+                       if isinstance(env.env.action_space(a), gym.spaces.Discrete)}
+        if self.own:
+            dims = {a: int(np.asarray(env.env.model_features(a), np.float32).size) for a in names}
+        else:
+            acts = sum(self._n_act.values()) if self.with_actions else 0
+            dims = {a: _flat_dim(env._obs_spaces[a][0]) + acts - self._own_actions(a) for a in names}
+        self.dim = {t: max(dims[a] for a in spec.agents) for t, spec in env.specs.items()}
+        self.buffers = {t: np.zeros((spec.n_agents, self.length, self.dim[t]), np.float32)
+                        for t, spec in env.specs.items()}
+        self.count = 0
+        self.last_actions: dict[str, Any] = {}
+
+    @classmethod
+    def from_config(cls, cfg: dict, env: TeamEnv) -> EpisodeHistory:
+        return cls(env, cfg.get("length", 50), cfg.get("last_actions", True))
+
+    def _own_actions(self, agent: str) -> int:
+        return self._n_act.get(agent, 0) if self.with_actions else 0
+
+    def spaces(self, team: str) -> dict[str, gym.Space]:
+        n = self.env.specs[team].n_agents
+        inf = np.float32(np.inf)
+        return {
+            "history": gym.spaces.Box(-inf, inf, (n, self.length, self.dim[team]), np.float32),
+            "history_len": gym.spaces.Box(0.0, float(self.length), (1,), np.float32),
+        }
+
+    def reset(self) -> None:
+        for buf in self.buffers.values():
+            buf[:] = 0.0
+        self.count = 0
+        self.last_actions = {}
+
+    def features(self, agent: str, flat: dict) -> np.ndarray:
+        if self.own:
+            return np.asarray(self.env.env.model_features(agent), np.float32).reshape(-1)
+        obs = flat[agent][0] if agent in flat else np.zeros(_flat_dim(self.env._obs_spaces[agent][0]), np.float32)
+        if not self.with_actions:
+            return obs
+        parts = [obs]
+        for other, n_act in self._n_act.items():
+            if other != agent:
+                onehot = np.zeros(n_act, np.float32)
+                if other in self.last_actions:
+                    onehot[int(self.last_actions[other])] = 1.0
+                parts.append(onehot)
+        return np.concatenate(parts)
+
+    def record(self, flat: dict) -> None:
+        """Append this step's features; past ``length`` steps the window slides by one."""
+        slot = min(self.count, self.length - 1)
+        for team, buf in self.buffers.items():
+            if self.count >= self.length:
+                buf[:, :-1] = buf[:, 1:]
+            buf[:, slot] = 0.0
+            for i, agent in enumerate(self.env.specs[team].agents):
+                if agent in flat and agent not in self.env._dead:
+                    vec = self.features(agent, flat)
+                    buf[i, slot, : vec.size] = vec
+        self.count += 1
+
+    def observe(self, team: str) -> dict[str, np.ndarray]:
+        # A copy: RLlib keeps every step's observation, and the buffer changes in place.
+        return {
+            "history": self.buffers[team].copy(),
+            "history_len": np.array([min(self.count, self.length)], np.float32),
+        }

@@ -51,10 +51,19 @@ def _check_schedule(value: Schedule, name: str) -> Schedule:
     return value
 
 
+class HistoryConfig(Strict):
+    """The episode history a team's observation carries (envs/adapter.py); set from
+    ``model.agent_modeling``."""
+
+    length: PosInt = 50
+    last_actions: bool = True
+
+
 class EnvConfig(Strict):
     import_: str = Field(alias="import")
     kwargs: dict[str, Any]
     teams: dict[str, list[str]] | None = None
+    history: HistoryConfig | None = None
 
     @field_validator("import_")
     @classmethod
@@ -99,6 +108,45 @@ class GraphConfig(Strict):
         return self
 
 
+class AgentModelingConfig(Strict):
+    """Agent modelling (marl/agent_modeling). Defaults are CLAM's (Ma et al. 2024; DESIGN.md)."""
+
+    name: str
+    repr_dim: PosInt = 20            # the representation fed to the actor (and critic)
+    width: PosInt = 128              # set-attention width
+    heads: PosInt = 4
+    history: PosInt = 50             # steps of the episode prefix the encoder reads (latest)
+    last_actions: bool = True        # others' last actions in the features, where not the env's own
+    temperature: Annotated[float, Field(gt=0.0)] = 0.5   # NT-Xent
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.99   # EMA encoder used for acting
+    crop_min: PosInt = 8             # temporal crops of U{crop_min..crop_max} steps
+    crop_max: PosInt = 48
+    mask_fraction: Probability = 0.3  # share of the first view's steps zeroed
+    lr: Annotated[float, Field(gt=0.0)] = 3.0e-3   # the encoder's own Adam
+    buffer_episodes: PosInt = 10000  # episode buffer the encoder trains from
+    batch_episodes: PosInt = 512     # episodes per contrastive batch (fewer while the buffer fills)
+    min_episodes: PosInt = 16        # no encoder update before the buffer holds this many
+    encoder_every: PosInt = 1        # one encoder step per this many PPO minibatch steps
+    critic: bool = True              # also feed the representation to the critic
+    probe_episodes: NonNegInt = 60   # linear probe of the behaviour type at each checkpoint
+                                     # (envs that report types); 0 = off
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from marl.agent_modeling import AGENT_MODELS
+
+        if name not in AGENT_MODELS:
+            raise ValueError(f"unknown agent model '{name}'; registered: {', '.join(sorted(AGENT_MODELS))}")
+        return name
+
+    @model_validator(mode="after")
+    def _crops(self) -> AgentModelingConfig:
+        if not self.crop_min <= self.crop_max:
+            raise ValueError(f"crop_min ({self.crop_min}) must not exceed crop_max ({self.crop_max})")
+        return self
+
+
 class ModelConfig(Strict):
     hidden: PosInt
     layers: PosInt
@@ -106,6 +154,8 @@ class ModelConfig(Strict):
     critic: Literal["centralized", "decentralized"]
     value_normalization: bool
     graph: GraphConfig
+    # null = no agent modelling: the learner is exactly the one without it.
+    agent_modeling: AgentModelingConfig | None = None
 
 
 class AlgoConfig(Strict):
@@ -183,6 +233,14 @@ class Config(Strict):
     # A training-time defense (marl/defenses.py): null = plain training; else a mapping with
     # `name` (a registered defense), `budget` and the defense's own keys, checked by its schema.
     defense: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _history_for_agent_modeling(self) -> Config:
+        """An agent model reads the episode prefix: the env's observation carries it."""
+        am = self.model.agent_modeling
+        if am is not None:
+            self.env.history = HistoryConfig(length=am.history, last_actions=am.last_actions)
+        return self
 
     @model_validator(mode="after")
     def _default_name(self) -> Config:

@@ -231,12 +231,15 @@ class Trainer:
                         f"non-finite loss or weights at iteration {row['iteration']}; "
                         f"training stopped; the last good checkpoint is {where}"
                     )
+                done = self.state.env_steps >= total
+                at_checkpoint = done or self.state.iteration % every == 0
+                if at_checkpoint:  # agent models: a linear probe of their representation
+                    row.update(self._probe_agent_models(final=done))
                 metrics_file.write(json.dumps(row) + "\n")
                 metrics_file.flush()
                 self._log_tb(row)
                 bar.update(row)
-                done = self.state.env_steps >= total
-                if done or self.state.iteration % every == 0:
+                if at_checkpoint:
                     last_ckpt = self.save_checkpoint()
                     self._draw_graphs()
         self.writer.close()
@@ -318,6 +321,42 @@ class Trainer:
                 self.run_dir / "plots" / f"dag_{module_id}_iter_{self.state.iteration:06d}.png",
                 title=f"{module_id}, iteration {self.state.iteration}: most frequent DAG ({share:.0%} of steps)",
             )
+
+    def _probe_agent_models(self, final: bool) -> dict[str, Any]:
+        """Held-out accuracy of a linear probe from each agent model's representation to the
+        others' behaviour type, where the env reports types (marl/agent_modeling/probe.py);
+        with ``final``, the accuracy-against-t and PCA pictures in plots/."""
+        am = self.cfg.model.agent_modeling
+        if am is None or not am.probe_episodes:
+            return {}
+        from marl.agent_modeling import probe
+        from marl.config import build_env
+
+        modules = {m: self.algo.get_module(m) for m in self.algo.config.policies}
+        env = build_env(self.cfg.env)
+        try:
+            data = probe.rollout_representations(env, modules, am.probe_episodes, seed=10_000 + self.state.iteration)
+        finally:
+            env.close()
+        row: dict[str, Any] = {}
+        for team, d in data.items():
+            prefix = "" if len(modules) == 1 else f"{team}/"
+            curve = probe.probe_curve(d["z"], d["valid"], d["types"], seed=self.cfg.seed)
+            if not curve:  # the env reports no behaviour types
+                continue
+            row[prefix + "agent_model/probe_accuracy"] = float(np.mean(list(curve.values())))
+            for t in (1, 10, max(curve)):
+                if t in curve:
+                    row[prefix + f"agent_model/probe_accuracy_t{t}"] = curve[t]
+            if final:
+                plots = self.run_dir / "plots"
+                n_types = len(np.unique(d["types"][d["types"] >= 0]))
+                probe.plot_probe({team: curve}, n_types, plots / f"probe_accuracy_{team}.png")
+                last = d["valid"].sum(1) - 1
+                z_end = d["z"][np.arange(len(last)), last, 0]
+                probe.plot_pca(z_end, d["types"], plots / f"representations_pca_{team}.png")
+                (plots / f"probe_accuracy_{team}.json").write_text(json.dumps(curve))
+        return row
 
     # ............................................................. checkpoints
     def save_checkpoint(self) -> Path:

@@ -163,3 +163,38 @@ class OverrideEnv(ParallelEnv):
 
 def override_env(**kwargs):
     return OverrideEnv(**kwargs)
+
+
+class FeatureEnv(ParallelEnv):
+    """One agent "a" whose env reports its own per-step features of the others
+    (``model_features``), as the agent-modelling envs do: here the step count and the last
+    action, so a test can tell them from the observation."""
+
+    metadata = {"name": "feature_env"}
+    FEATURES = 3
+
+    def __init__(self, max_steps: int = 5):
+        self.possible_agents = ["a"]
+        self.max_steps = max_steps
+
+    def observation_space(self, agent):
+        return spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def action_space(self, agent):
+        return spaces.Discrete(2)
+
+    def model_features(self, agent):
+        return np.array([self.t, self.last, 7.0], np.float32) if self.t else np.zeros(3, np.float32)
+
+    def reset(self, seed=None, options=None):
+        self.agents = ["a"]
+        self.t, self.last = 0, 0
+        return {"a": np.zeros(2, np.float32)}, {"a": {}}
+
+    def step(self, actions):
+        self.t += 1
+        self.last = int(actions["a"])
+        done = self.t >= self.max_steps
+        if done:
+            self.agents = []
+        return ({"a": np.full(2, 0.1, np.float32)}, {"a": 0.0}, {"a": done}, {"a": False}, {"a": {}})

@@ -13,6 +13,15 @@ module on every K-th learner update only (the K-th, 2K-th, ...), while the other
 every one; its share of the other batches is dropped before the minibatch loop, so its
 weights, value normalisation and optimizer state stay untouched in between. The count of
 updates is part of the Learner's checkpointed state.
+
+Agent modelling (CLAM, Ma et al. 2024): a module whose ``agent_model`` is set also trains its
+encoder here, with its own Adam (``agent_modeling.lr``) over the encoder and projection head
+only, on NT-Xent batches drawn from an episode buffer of finished episodes
+(marl/learners/episode_buffer.py): one encoder step per ``encoder_every`` PPO minibatch steps,
+once the buffer holds ``min_episodes``. The contrastive loss is added to the module's total; the
+policy's optimizer holds none of the encoder's parameters and the actor reads a detached
+representation, so each optimizer steps on its own loss only (RLlib clips gradients per
+optimizer). After every step the EMA encoder moves toward the online one.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from marl.graphs.annealing import DensitySchedule
 from marl.learners.executed import EXECUTED, ExecutedActions
+from marl.learners.episode_buffer import EpisodeBuffer, FinishedEpisodes
 from marl.learners.gae import TeamGAE
 from marl.modules.joint_policy import DAG_DENSITY
 
@@ -55,13 +65,72 @@ class JointPPOLearner(PPOTorchLearner):
             )
             # Per (step, agent): was the sampled action executed? (partial control)
             self._learner_connector.insert_before(AgentToModuleMapping, ExecutedActions())
+            # Finished episodes' prefixes, for the agent models' encoders.
+            self._learner_connector.prepend(FinishedEpisodes(sink=self._store_episodes))
+        self.episode_buffers: dict[str, EpisodeBuffer] = {}
+        self._minibatch_steps: dict[str, int] = {}
+        seed = self.config.seed or 0
+        self._contrastive_rng = torch.Generator().manual_seed(seed)
 
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
         # Frozen and scripted teams are never updated: no optimizer (a scripted team has no
         # parameters at all).
         if not self.should_module_be_updated(module_id):
             return
-        super().configure_optimizers_for_module(module_id=module_id, config=config)
+        module = self._module[module_id].unwrapped()
+        if not getattr(module, "models_agents", False):
+            super().configure_optimizers_for_module(module_id=module_id, config=config)
+            return
+        # Two optimizers: the policy and critic (PPO's lr), and the agent model's encoder.
+        model = module.agent_model
+        own = {id(p) for p in model.parameters()}
+        policy = [p for p in module.parameters() if id(p) not in own]
+        self.register_optimizer(
+            module_id=module_id, optimizer=torch.optim.Adam(policy), params=policy,
+            lr_or_lr_schedule=config.lr,
+        )
+        encoder = list(model.online_parameters())
+        self.register_optimizer(
+            module_id=module_id, optimizer_name="agent_model", optimizer=torch.optim.Adam(encoder),
+            params=encoder, lr_or_lr_schedule=self._agent_modeling(module)["lr"],
+        )
+
+    @staticmethod
+    def _agent_modeling(module) -> dict[str, Any]:
+        return dict(module.model_config["agent_modeling"])
+
+    def _store_episodes(self, module_id: str, hist, lengths) -> None:
+        if module_id not in self.episode_buffers:
+            am = self._agent_modeling(self._module[module_id].unwrapped())
+            self.episode_buffers[module_id] = EpisodeBuffer(
+                am.get("buffer_episodes", 10000), hist.shape[1], hist.shape[2], seed=self.config.seed or 0
+            )
+        self.episode_buffers[module_id].add(hist, lengths)
+
+    def _contrastive_term(self, module_id: str, module) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        """This minibatch step's agent-model loss (or None: buffer too small, or not its turn)."""
+        am = self._agent_modeling(module)
+        buffer = self.episode_buffers.get(module_id)
+        stats: dict[str, Any] = {"agent_model/buffer_episodes": 0 if buffer is None else buffer.size}
+        count = self._minibatch_steps.get(module_id, 0) + 1
+        self._minibatch_steps[module_id] = count
+        if buffer is None or buffer.size < am.get("min_episodes", 16) or count % am.get("encoder_every", 1):
+            return None, stats
+        hist, lengths = buffer.sample(am.get("batch_episodes", 512))
+        device = next(module.parameters()).device
+        loss, extra = module.agent_model.contrastive_loss(
+            torch.from_numpy(hist).to(device), torch.from_numpy(lengths).to(device), self._contrastive_rng
+        )
+        stats.update({f"agent_model/{k}": v for k, v in extra.items()})
+        stats["agent_model/contrastive_loss"] = loss.detach()
+        return loss, stats
+
+    def apply_gradients(self, gradients_dict) -> None:
+        super().apply_gradients(gradients_dict)
+        for module_id in self.module.keys():
+            module = self.module[module_id].unwrapped()
+            if getattr(module, "models_agents", False) and self.should_module_be_updated(module_id):
+                module.agent_model.ema_update()  # the acting encoder follows (CLAM: momentum 0.99)
 
     def should_module_be_updated(self, module_id, multi_agent_batch=None) -> bool:
         if not super().should_module_be_updated(module_id, multi_agent_batch):
@@ -115,6 +184,11 @@ class JointPPOLearner(PPOTorchLearner):
             entropy_coeff=self.entropy_coeff_schedulers_per_module[module_id].get_current_value(),
             density=density,
         )
+        if getattr(module, "models_agents", False):
+            term, extra = self._contrastive_term(module_id, module)
+            stats.update(extra)
+            if term is not None:
+                total = total + term
         if DAG_DENSITY in fwd_out:
             # This minibatch's share of steps with each edge, and of the most frequent graph.
             freq, share = module.graph.batch_edge_freq, module.graph.batch_mode_share

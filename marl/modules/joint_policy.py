@@ -11,6 +11,15 @@
   one V(o_i, i) per agent (IPPO). Outputs are normalised values (see ``ValueNorm``);
   ``compute_values`` returns them in return units.
 
+- Agent modelling (``agent_modeling``, e.g. CLAM, Ma et al. 2024): agent i's representation
+  z_i of the other agents, encoded by the agent model's EMA encoder from the episode prefix in
+  ``obs["history"]``, L2-normalised and detached, is appended to the actor's input (and to the
+  critic's: all agents' z under a centralised critic, z_i under IPPO). The z each step acted
+  with is stored with the step (``AGENT_REPR``) and reused by the learner, so the PPO ratio
+  compares the same inputs even though the EMA encoder moves between rollout and update. Only
+  the agent model's own loss (the learner's) trains its encoder. Without ``agent_modeling`` no
+  part of it exists: same parameters, same inputs, same losses.
+
 Shapes: B batch, n agents, d observation size, A actions (the largest agent's).
 """
 
@@ -26,6 +35,7 @@ from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from torch import nn
 
+from marl.agent_modeling import make_agent_model
 from marl.graphs import FixedGraph, GraphSample, make_graph
 from marl.modules.action_heads import CategoricalHead, GaussianHead
 from marl.modules.value_norm import ValueNorm
@@ -33,6 +43,10 @@ from marl.modules.value_norm import ValueNorm
 # Extra columns a learned graph stores with each step: the Gumbel noise it sampled with.
 DAG_NOISE = {"perm": "dag_noise_perm", "edge": "dag_noise_edge"}
 DAG_DENSITY = "dag_density"
+# The agent model's representation each step acted with: [B, n·repr_dim].
+AGENT_REPR = "agent_repr"
+# AgentModelingConfig keys the agent model's constructor takes (the rest are the learner's).
+AGENT_MODEL_KEYS = ("repr_dim", "width", "heads", "temperature", "momentum", "crop_min", "crop_max", "mask_fraction")
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
@@ -78,18 +92,52 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
         self.centralized = mc.get("critic", "centralized") == "centralized"
 
         self.graph = make_graph(self.n, self.d, dict(mc.get("graph") or {}))
-        actor_in = self.d + self.n + self.n * self.head.code_dim
+        am = mc.get("agent_modeling")
+        self.z_dim, self.critic_z = 0, False
+        if am:
+            spec = {k: am[k] for k in AGENT_MODEL_KEYS if k in am}
+            hist = obs_space["history"].shape  # [n, T, f]
+            self.agent_model = make_agent_model({"name": am["name"], **spec, "max_len": hist[1]}, hist[2])
+            self.z_dim, self.critic_z = self.agent_model.repr_dim, bool(am.get("critic", True))
+        actor_in = self.d + self.n + self.z_dim + self.n * self.head.code_dim
         self.actor = mlp(actor_in, hidden, layers, self.head.out_dim, act, 0.01)
         critic_in = self.state_dim if self.centralized else self.d + self.n
+        if self.critic_z:
+            critic_in += self.n * self.z_dim if self.centralized else self.z_dim
         self.critic = mlp(critic_in, hidden, layers, 1, act, 1.0)
         self.value_norm = ValueNorm(1 if self.centralized else self.n)
         self.use_value_norm = bool(mc.get("value_normalization", True))
         self.register_buffer("agent_ids", torch.eye(self.n), persistent=False)
 
     # ----------------------------------------------------------------------- pieces
-    def _actor_base(self, obs: torch.Tensor) -> torch.Tensor:
-        """[B, n, d] -> [B, n, d + n]: observation plus one-hot agent id."""
-        return torch.cat([obs, self.agent_ids.expand(obs.shape[0], -1, -1)], dim=-1)
+    @property
+    def models_agents(self) -> bool:
+        return self.z_dim > 0
+
+    def _actor_base(self, obs: dict) -> torch.Tensor:
+        """[B, n, d + n (+ z)]: observation, one-hot agent id (and the representation z_i)."""
+        o = obs["obs"]
+        parts = [o, self.agent_ids.expand(o.shape[0], -1, -1)]
+        if self.models_agents:
+            parts.append(obs[AGENT_REPR])
+        return torch.cat(parts, dim=-1)
+
+    def with_representation(self, batch: dict[str, Any]) -> dict:
+        """The observation dict, plus ``AGENT_REPR`` [B, n, z] when agents are modelled: the
+        stored one where the batch has it (the learner), else encoded now by the EMA encoder
+        from each agent's episode prefix (acting)."""
+        obs = batch[Columns.OBS]
+        if not self.models_agents:
+            return obs
+        b = obs["obs"].shape[0]
+        if AGENT_REPR in batch:
+            z = batch[AGENT_REPR].reshape(b, self.n, self.z_dim)
+        else:
+            hist = obs["history"]  # [B, n, T, f]
+            lengths = obs["history_len"].reshape(b, 1).expand(b, self.n).reshape(-1).long().clamp(min=1)
+            z = self.agent_model.represent(hist.reshape(b * self.n, *hist.shape[2:]), lengths)
+            z = z.reshape(b, self.n, self.z_dim)
+        return {**obs, AGENT_REPR: z}
 
     def conditional_logits(
         self, obs: dict, actions: torch.Tensor, graph: GraphSample
@@ -99,7 +147,7 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
 
         ``actions`` ([B, n] or [B, n, k]) are the team's actions; only parents' reach agent i.
         """
-        base = self._actor_base(obs["obs"])
+        base = self._actor_base(obs)
         b = base.shape[0]
         if graph.empty:
             parents = base.new_zeros(b, self.n, self.n * self.head.code_dim)
@@ -132,7 +180,7 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
             actions = self.head.dead_action(self.head.sample(params, deterministic), obs["alive"])
             return _do(actions, intervene), params
 
-        base = self._actor_base(obs["obs"])
+        base = self._actor_base(obs)
         b = base.shape[0]
         rows = torch.arange(b, device=base.device)
         actions = self.head.empty_actions((b, self.n), base.device)
@@ -166,8 +214,10 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
         self.graph = FixedGraph(self.n, []).to(self.agent_ids.device)
 
     def _act(self, batch: dict[str, Any], deterministic: bool) -> dict[str, Any]:
-        obs = batch[Columns.OBS]
+        obs = self.with_representation(batch)
         out: dict[str, Any] = {}
+        if self.models_agents:
+            out[AGENT_REPR] = obs[AGENT_REPR].reshape(obs["obs"].shape[0], -1)
         if self.learns_graph:
             b = obs["obs"].shape[0]
             noise = self.graph.sample_noise(b, obs["obs"].device)
@@ -209,7 +259,7 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
         return self._act(batch, deterministic=False)
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        obs = batch[Columns.OBS]
+        obs = self.with_representation(batch)
         graph = self.train_graph(batch)
         logits = self.conditional_logits(obs, batch[Columns.ACTIONS], graph)
         out = {
@@ -225,8 +275,15 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
         """Critic output in normalised units: [B, 1] centralised or [B, n] per agent."""
         obs = batch[Columns.OBS]
         if self.centralized:
-            return self.critic(obs["state"])
-        return self.critic(self._actor_base(obs["obs"])).squeeze(-1)
+            state = obs["state"]
+            if self.critic_z:
+                z = self.with_representation(batch)[AGENT_REPR]
+                state = torch.cat([state, z.reshape(z.shape[0], -1)], dim=-1)
+            return self.critic(state)
+        base = torch.cat([obs["obs"], self.agent_ids.expand(obs["obs"].shape[0], -1, -1)], dim=-1)
+        if self.critic_z:
+            base = torch.cat([base, self.with_representation(batch)[AGENT_REPR]], dim=-1)
+        return self.critic(base).squeeze(-1)
 
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
         v = self.normalized_values(batch)

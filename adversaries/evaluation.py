@@ -104,8 +104,12 @@ def attacker_policy(setup: AttackSetup, env: AttackEnv, plugin, module=None) -> 
     return act
 
 
-def make_env(setup: AttackSetup, plugin, render: bool = False) -> AttackEnv:
+def make_env(setup: AttackSetup, plugin, render: bool = False, history: dict | None = None) -> AttackEnv:
+    """The attack env of an evaluation; ``history`` switches on the team observations'
+    episode history (envs/adapter.py), which the detector reads."""
     config = setup.env_config()
+    if history is not None:
+        config["env"] = {**config["env"], "history": history}
     if render:
         config["env"] = {**config["env"], "kwargs": {**config["env"]["kwargs"], "render_mode": "rgb_array"}}
     env = AttackEnv(config)
@@ -168,10 +172,11 @@ def _step_tv(env: AttackEnv, pre: dict[str, np.ndarray], dists, discrete: bool) 
 
 
 def run_episode(env: AttackEnv, seed: int, policy: Callable | None, attacked: bool, plugin=None, frames=None,
-                attack_seed: int | None = None) -> Episode:
+                attack_seed: int | None = None, observe: Callable[[AttackEnv], None] | None = None) -> Episode:
     """One episode on env seed ``seed`` (the same start for clean and attacked: paired). The
     victims sample from torch's stream seeded by ``seed``; everything the attacker draws
-    (its sampling, its rule's generator, PGD's start, the coin) comes from streams of its own."""
+    (its sampling, its rule's generator, PGD's start, the coin) comes from streams of its own.
+    ``observe(env)`` is called after the reset and after every step (trusted callers only)."""
     rng_seed = episode_rng_seed(seed, attack_seed if attacked else None)
     torch.manual_seed(seed)
     stream = TorchStream(rng_seed)
@@ -191,6 +196,8 @@ def run_episode(env: AttackEnv, seed: int, policy: Callable | None, attacked: bo
     discrete = not env.team_spec.continuous
     if frames is not None:
         frames.append(env.render())
+    if observe is not None:
+        observe(env)
     try:
         while True:
             pre = env._team_obs[env.adv_team]
@@ -212,6 +219,8 @@ def run_episode(env: AttackEnv, seed: int, policy: Callable | None, attacked: bo
                     ep.executed.append(env.last_executed.copy())
             if frames is not None:
                 frames.append(env.render())
+            if observe is not None:
+                observe(env)
             if term["__all__"] or trunc["__all__"]:
                 break
     finally:

@@ -343,6 +343,11 @@ def load_checkpoint(path: Path) -> TeamCheckpoint:
     if not config_file.is_file():
         raise UserError(f"checkpoint '{ckpt}' lacks config.yaml (the run's resolved config)")
     cfg = config_from_file(config_file)
+    modules, obs_spaces, act_spaces = _load_all(ckpt)
+    return TeamCheckpoint(ckpt, cfg, modules, obs_spaces, act_spaces)
+
+
+def _load_all(ckpt: Path) -> tuple[dict[str, RLModule], dict[str, gym.Space], dict[str, gym.Space]]:
     teams = _read_description(ckpt)
     modules, obs_spaces, act_spaces = {}, {}, {}
     for team, desc in teams.items():
@@ -350,7 +355,13 @@ def load_checkpoint(path: Path) -> TeamCheckpoint:
         _load_weights(ckpt, team, desc, module)
         module.eval()
         modules[team], obs_spaces[team], act_spaces[team] = module, obs_space, act_space
-    return TeamCheckpoint(ckpt, cfg, modules, obs_spaces, act_spaces)
+    return modules, obs_spaces, act_spaces
+
+
+def load_modules(path: Path) -> dict[str, RLModule]:
+    """Every module of a checkpoint of any kind (a team run's, an attack run's attacker), from
+    its safe weights alone, in eval mode; no config is read. Never unpickles."""
+    return _load_all(resolve_checkpoint(Path(path)))[0]
 
 
 def check_team_fits(ckpt: TeamCheckpoint, team: str, env, env_team: str | None = None) -> None:

@@ -74,6 +74,20 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
                     help="attack run directories, or folders that hold them")
     rp.add_argument("--out", type=Path, help="a new or empty directory (default: runs/report-<time>)")
+
+    d = sub.add_parser(
+        "detect",
+        help="CLAM as an attack detector: train a teammate's representation on clean episodes of "
+        "the victim, then the detection ROC AUC of each attack run against t; writes detection.json",
+    )
+    d.add_argument("victim", type=Path, help="the victim the attack runs attacked: a checkpoint or run directory")
+    d.add_argument("attack_runs", nargs="+", type=Path, metavar="ATTACK_RUN",
+                   help="attack run directories (run.py attack), or folders that hold them")
+    d.add_argument("--out", type=Path, help="a new or empty directory (default: runs/detect-<time>)")
+    d.add_argument("--episodes", type=int, default=64, help="paired clean/attacked episodes per attack run")
+    d.add_argument("--train-episodes", type=int, default=200, help="clean episodes CLAM is trained on")
+    d.add_argument("--steps", type=int, default=1500, help="CLAM training steps")
+    d.add_argument("--history", type=int, default=50, help="steps of each episode scored")
     return p
 
 
@@ -166,9 +180,27 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_detect(args) -> int:
+    from datetime import datetime
+
+    from adversaries.detection import DETECTION_FILE, DetectSettings, detect
+    from adversaries.report import find_runs
+
+    for name in ("episodes", "train_episodes", "steps", "history"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer (got {getattr(args, name)})")
+    runs = [r.path for r in find_runs(args.attack_runs)]
+    out = args.out or Path("runs") / f"detect-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    settings = DetectSettings(history=args.history, train_episodes=args.train_episodes,
+                              episodes=args.episodes, steps=args.steps)
+    detect(args.victim, runs, out, settings, log=lambda m: print(m, file=sys.stderr))
+    print(out / DETECTION_FILE)
+    return 0
+
+
 COMMANDS = {
     "train": _cmd_train, "resume": _cmd_resume, "evaluate": _cmd_evaluate, "attack": _cmd_attack,
-    "report": _cmd_report,
+    "report": _cmd_report, "detect": _cmd_detect,
 }
 
 

@@ -74,7 +74,7 @@ def _collect(env: AttackEnv, seeds: list[int], policy, attacked: bool, attack_se
     for seed in seeds:
         kept: dict[str, Any] = {}
 
-        def observe(e: AttackEnv) -> None:
+        def observe(e: AttackEnv, kept=kept) -> None:
             obs = e._team_obs[e.team]
             kept["steps"] = kept.get("steps", 0) + 1
             if kept["steps"] <= length:  # before the window slides: the prefix from step 0
@@ -215,8 +215,10 @@ def detect(victim: Path, attack_runs: list[Path], out: Path, settings: DetectSet
         clean = _collect(env, seeds, policy, False, seed, plugin, length)
         attacked = _collect(env, seeds, policy, True, seed, plugin, length)
         env.close()
-        clam = [detection_auc(lambda p, t: _represent(model, p, t), clean_train, clean, attacked, t,
-                              settings.neighbours) for t in steps]
+        def embed(p: Prefixes, t: int, model=model) -> np.ndarray:
+            return _represent(model, p, t)
+
+        clam = [detection_auc(embed, clean_train, clean, attacked, t, settings.neighbours) for t in steps]
         raw = [detection_auc(_raw, clean_train, clean, attacked, t, settings.neighbours) for t in steps]
         per_run.append({
             "run": str(run), "adversary": setup.cfg.adversary.name, "seed": seed, "t": steps,

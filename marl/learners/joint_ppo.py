@@ -39,8 +39,8 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from marl.graphs.annealing import DensitySchedule
-from marl.learners.executed import EXECUTED, ExecutedActions
 from marl.learners.episode_buffer import EpisodeBuffer, FinishedEpisodes
+from marl.learners.executed import EXECUTED, ExecutedActions
 from marl.learners.gae import TeamGAE
 from marl.modules.joint_policy import DAG_DENSITY
 

@@ -414,7 +414,13 @@ def check_out_dir(out: Path) -> None:
 
 
 def write_report(paths: list[Path], out: Path) -> dict[str, Any]:
-    runs = find_runs(paths)
+    """Attack runs (and folders of them), plus any ``run.py detect`` output directories: their
+    detection section (adversaries/detection.py) follows the attacks'."""
+    from adversaries.detection import DETECTION_FILE
+
+    detections = [p for p in paths if (p / DETECTION_FILE).is_file()]
+    paths = [p for p in paths if p not in detections]
+    runs = find_runs(paths) if paths or not detections else []
     check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     victims: dict[str, dict[str, Any]] = {}
@@ -442,6 +448,31 @@ def write_report(paths: list[Path], out: Path) -> dict[str, Any]:
         victims[slug] = entry
     plane = _plot_stealth_plane(victims, out)
     report = {"runs": [str(r.path) for r in runs], "victims": victims, "stealth_png": plane}
+    md = _markdown(victims, plane) if runs else "# Adversarial evaluation report\n"
+    if detections:
+        report["detection"], section = _detection_section(detections, out)
+        md += section
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(_markdown(victims, plane))
+    (out / "report.md").write_text(md)
     return report
+
+
+def _detection_section(dirs: list[Path], out: Path) -> tuple[list[dict[str, Any]], str]:
+    """Attack detection by CLAM (``run.py detect``): AUC against t per attack, with the PNG."""
+    from adversaries.detection import DETECTION_FILE, markdown
+
+    entries, lines = [], ["", "## Attack detection (CLAM, a teammate's representation)", ""]
+    for k, d in enumerate(dirs):
+        result = json.loads((d / DETECTION_FILE).read_text())
+        png = None
+        if result.get("png") and (d / result["png"]).is_file():
+            png = f"detection_{k}.png"
+            shutil.copyfile(d / result["png"], out / png)
+        entries.append({"dir": str(d), "victim": result["victim"], "attacks": result["attacks"], "png": png})
+        lines += [f"Victim `{result['victim']}` (`{d}`). Detection ROC AUC of attacked against clean "
+                  "episodes, by the k-NN distance of a teammate's representation to clean episodes; "
+                  "mean [95% CI over seeds] (the raw-feature baseline in brackets).", "",
+                  markdown(result)]
+        if png:
+            lines += [f"![detection AUC against t]({png})", ""]
+    return entries, "\n".join(lines) + "\n"

@@ -274,3 +274,31 @@ def test_attack_on_a_victim_with_planted_pickles_never_unpickles(victim, capsys,
     assert code == 0, err[-5:]
     assert json.loads((Path(out[-1]) / "attack_eval.json").read_text())["attack_env_steps"] == 400
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------ detection
+def test_detect_scores_an_attack_run_and_refuses_another_victim(gleave_run, victim, capsys, tmp_path):
+    run_dir = gleave_run[0]
+    out = tmp_path / "det"
+    code, lines, err = run_main(capsys, "detect", str(victim), str(run_dir), "--out", str(out),
+                                "--episodes", "4", "--train-episodes", "8", "--steps", "3")
+    assert code == 0, err
+    result = json.loads((out / "detection.json").read_text())
+    assert lines[-1] == str(out / "detection.json")
+    gleave = result["attacks"]["gleave"]
+    assert gleave["t"][0] == 1 and gleave["t"][-1] == 25  # simple_spread's 25 steps
+    assert gleave["auc_clam"][0] == 0.5  # no teammate has acted at t = 1: nothing to tell apart
+    assert all(a is None or 0.0 <= a <= 1.0 for a in gleave["auc_clam"] + gleave["auc_raw"])
+    assert (out / "detection_auc.png").stat().st_size > 0
+    # A detection directory goes into the report as its own section.
+    rep = tmp_path / "rep"
+    assert main(["report", str(run_dir), str(out), "--out", str(rep)]) == 0
+    assert "## Attack detection" in (rep / "report.md").read_text()
+
+    other = tmp_path / "other_victim"
+    shutil.copytree(Path(gleave_run[4]), other / "checkpoints" / "iter_000001")
+    code, _, err = run_main(capsys, "detect", str(other), str(run_dir), "--out", str(tmp_path / "d2"))
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: attack run") and "not the victim" in err[0]
+    assert not (tmp_path / "d2").exists()
+    code, _, err = run_main(capsys, "detect", str(victim), str(run_dir), "--steps", "0")
+    assert code == 2 and err == ["error: --steps must be a positive integer (got 0)"]

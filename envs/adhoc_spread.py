@@ -29,6 +29,8 @@ from mpe2 import simple_spread_v3
 
 from envs.scripted_mpe import Scene, ScriptedOthersEnv
 
+FOLLOW_GAP = 0.4  # `follow_learner`: distance kept from the learner (bodies touch at 0.3)
+
 
 def _landmark_distances(s: Scene, points: np.ndarray) -> np.ndarray:
     """[n_points, n_landmarks] distances."""
@@ -59,8 +61,12 @@ def crowd_learner(s: Scene) -> np.ndarray:
 
 
 def follow_learner(s: Scene) -> np.ndarray:
-    """Both teammates head for the learner itself (and bump into it)."""
-    return np.repeat(s.pos[s.ego][None], len(s.scripted), axis=0)
+    """The teammates shadow the learner: each heads for the point FOLLOW_GAP from the learner
+    on its own side, just clear of touching it, and so ignores the landmarks."""
+    away = s.others - s.pos[s.ego]
+    norm = np.linalg.norm(away, axis=1, keepdims=True)
+    away = np.where(norm > 1e-9, away / np.maximum(norm, 1e-9), [[1.0, 0.0]])
+    return s.pos[s.ego] + FOLLOW_GAP * away
 
 
 def still(s: Scene) -> np.ndarray:

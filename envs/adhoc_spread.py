@@ -86,7 +86,7 @@ TYPES = tuple(BEHAVIOURS)
 
 
 class AdhocSpread(ScriptedOthersEnv):
-    metadata = {"name": "adhoc_spread_v0"}
+    metadata = {"name": "adhoc_spread_v0", "render_modes": ["rgb_array"], "render_fps": 10}
     BEHAVIOURS = BEHAVIOURS
     EGO = "agent_0"
     MPE_EGO = "agent_0"

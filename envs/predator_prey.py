@@ -105,7 +105,7 @@ TYPES = tuple(BEHAVIOURS)
 
 
 class PredatorPrey(ScriptedOthersEnv):
-    metadata = {"name": "predator_prey_v0"}
+    metadata = {"name": "predator_prey_v0", "render_modes": ["rgb_array"], "render_fps": 10}
     BEHAVIOURS = BEHAVIOURS
     EGO = "prey"
     MPE_EGO = "agent_0"

@@ -118,7 +118,6 @@ class ScriptedOthersEnv(ParallelEnv):
         self.t = 0
         self.last_actions = np.full(len(self._scripted), -1, np.int64)  # −1: none yet
         self._base_obs_dim = int(mpe_env.observation_space(self.MPE_EGO).shape[0])
-        self.metadata = {"name": self.metadata["name"], "render_modes": ["rgb_array"], "render_fps": 10}
 
     # ----------------------------------------------------------------------- spaces
     @functools.cache  # noqa: B019 - spaces are fixed per instance
@@ -218,7 +217,7 @@ class ScriptedOthersEnv(ParallelEnv):
         joint = np.empty(len(self._mpe_names), np.int64)
         joint[self._ego] = action
         joint[list(self._scripted)] = scripted
-        for name, a in zip(self._mpe_names, joint):  # one AEC cycle = one world step
+        for name, a in zip(self._mpe_names, joint, strict=True):  # one AEC cycle = one world step
             assert self._mpe.agent_selection == name
             self._mpe.step(int(a))
         self.t += 1

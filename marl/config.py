@@ -126,7 +126,8 @@ class AgentModelingConfig(Strict):
     buffer_episodes: PosInt = 10000  # episode buffer the encoder trains from
     batch_episodes: PosInt = 512     # episodes per contrastive batch (fewer while the buffer fills)
     min_episodes: PosInt = 16        # no encoder update before the buffer holds this many
-    encoder_every: PosInt = 1        # one encoder step per this many PPO minibatch steps
+    encoder_every: PosInt = 4        # one encoder step per this many PPO minibatch steps (the
+                                     # default batch: 5 per 2,000 env steps, every 8 episodes of 50)
     critic: bool = True              # also feed the representation to the critic
     probe_episodes: NonNegInt = 60   # linear probe of the behaviour type at each checkpoint
                                      # (envs that report types); 0 = off

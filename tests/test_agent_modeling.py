@@ -202,6 +202,7 @@ def test_clam_trains_inside_the_rllib_learner(tmp_path):
 
     cfg = load_config("configs/mappo_simple_spread.yaml", [
         *CLAM_SMALL, "model.agent_modeling.min_episodes=4", "model.agent_modeling.batch_episodes=16",
+        "model.agent_modeling.encoder_every=1",
         "model.agent_modeling.probe_episodes=0", "algo.train_batch_size=300", "algo.minibatch_size=150",
         "algo.num_epochs=1", "runners.num_envs_per_env_runner=2", "train.total_env_steps=600",
         "train.progress=log", f"output_dir={tmp_path}",

@@ -163,6 +163,26 @@ def test_ema_lags_online_by_the_momentum():
     assert all(not p.requires_grad for p in model.ema_encoder.parameters())
 
 
+def test_represent_reads_the_ema_encoder_not_the_online_one():
+    torch.manual_seed(0)
+    model = CLAM(F_DIM, momentum=0.5)
+    hist, lengths = torch.randn(4, 50, F_DIM), torch.tensor([1, 10, 30, 50])
+    before = model.represent(hist, lengths)
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(torch.randn_like(p))
+    torch.testing.assert_close(model.represent(hist, lengths), before, rtol=0, atol=0)
+    model.ema_update()
+    assert not torch.allclose(model.represent(hist, lengths), before, atol=1e-3)
+    # Exactly the EMA encoder on the prefix alone, L2-normalised.
+    expected = torch.stack([
+        torch.nn.functional.normalize(
+            model.ema_encoder(hist[i:i + 1, :n], torch.ones(1, n, dtype=torch.bool))[0], dim=0)
+        for i, n in enumerate(lengths.tolist())
+    ])
+    torch.testing.assert_close(model.represent(hist, lengths), expected, rtol=0, atol=1e-5)
+
+
 def test_encoder_gradient_comes_only_from_the_contrastive_loss():
     torch.manual_seed(0)
     model = CLAM(F_DIM)

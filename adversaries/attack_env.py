@@ -105,7 +105,13 @@ class AttackEnv(MultiAgentEnv):
             prev = box(-inf, inf, (n, self.team_space.shape[-1]))
         else:
             prev = gym.spaces.Box(0, s.n_actions - 1, (n,), np.int64)
+        history = {}
+        if self.env.history is not None:  # an attacker's agent model reads its agents' prefixes
+            team_hist = self.env.observation_spaces[self.adv_team]["history"]
+            history = {"history": box(-inf, inf, (k, *team_hist.shape[1:])),
+                       "history_len": self.env.observation_spaces[self.adv_team]["history_len"]}
         return gym.spaces.Dict({
+            **history,
             "obs": box(-inf, inf, (k, s.obs_dim)),
             "state": box(-inf, inf, (s.state_dim,)),
             "action_mask": box(0.0, 1.0, (k, s.n_actions)),
@@ -137,7 +143,9 @@ class AttackEnv(MultiAgentEnv):
         ids = self.attacked
         marks = np.zeros(self.n, np.float32)
         marks[ids] = 1.0
+        history = {"history": o["history"][ids], "history_len": o["history_len"]} if "history" in o else {}
         return {
+            **history,
             "obs": o["obs"][ids],
             "state": o["state"],
             "action_mask": o["action_mask"][ids],

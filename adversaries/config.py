@@ -25,6 +25,7 @@ from marl.config import (
     CONFIG_DIR,
     AlgoConfig,
     EnvConfig,
+    HistoryConfig,
     ModelConfig,
     NonNegInt,
     PosInt,
@@ -199,6 +200,7 @@ def resolve(cfg: AttackConfig) -> AttackSetup:
             )
     budget = _check_budget(plugin_cls, cfg.adversary.budget)
 
+    env_cfg = _with_attacker_history(cfg, env_cfg)
     resolved = cfg.model_copy(deep=True)
     resolved.victim.checkpoint = str(victim.ckpt.resolve())
     resolved.victim.team = team
@@ -221,6 +223,26 @@ def resolve(cfg: AttackConfig) -> AttackSetup:
         model_config=resolved.model.model_dump(mode="json"),
     )
     return AttackSetup(resolved, plugin_cls, params, ctx, victim)
+
+
+def _with_attacker_history(cfg: AttackConfig, env_cfg: EnvConfig) -> EnvConfig:
+    """An attacker with an agent model (``model.agent_modeling``) reads the episode prefix of
+    the agents it controls: the env keeps the history. One env has one history, so against a
+    victim that models agents too, both must read the same one."""
+    am = cfg.model.agent_modeling
+    if am is None:
+        return env_cfg
+    want = HistoryConfig(length=am.history, last_actions=am.last_actions)
+    if env_cfg.history is None:
+        return env_cfg.model_copy(update={"history": want})
+    if env_cfg.history != want:
+        have = env_cfg.history
+        raise ConfigError(
+            f"config key 'model.agent_modeling.history': the victim's env keeps {have.length} steps of history "
+            f"(last_actions: {str(have.last_actions).lower()}); the attacker's agent model must read the same "
+            f"(got {am.history}, last_actions: {str(am.last_actions).lower()})"
+        )
+    return env_cfg
 
 
 # Budget ranges per threat model: (lo, hi, lo allowed, what the budget is); budget <= hi.

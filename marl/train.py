@@ -334,6 +334,9 @@ class Trainer:
 
         modules = {m: self.algo.get_module(m) for m in self.algo.config.policies}
         env = build_env(self.cfg.env)
+        if set(modules) != set(env.teams):  # not a team run (an attacker): no probe here
+            env.close()
+            return {}
         try:
             data = probe.rollout_representations(env, modules, am.probe_episodes, seed=10_000 + self.state.iteration)
         finally:

@@ -302,3 +302,19 @@ def test_detect_scores_an_attack_run_and_refuses_another_victim(gleave_run, vict
     assert not (tmp_path / "d2").exists()
     code, _, err = run_main(capsys, "detect", str(victim), str(run_dir), "--steps", "0")
     assert code == 2 and err == ["error: --steps must be a positive integer (got 0)"]
+
+
+def test_an_attacker_can_model_the_agents_with_clam(victim, capsys, tmp_path):
+    """The attackers of the plugins switch CLAM on by config like any learner: the attack env
+    then carries the controlled agents' episode prefix, and the encoder trains."""
+    clam = ["model.agent_modeling.name=clam", "model.agent_modeling.width=32", "model.agent_modeling.heads=2",
+            "model.agent_modeling.min_episodes=2", "model.agent_modeling.batch_episodes=8",
+            "model.agent_modeling.encoder_every=1"]
+    code, lines, err = run_main(capsys, "attack", str(victim), "--adversary", "gleave", *TINY, *EVAL, *clam,
+                                "train.total_env_steps=800", f"output_dir={tmp_path}")
+    assert code == 0, err
+    run_dir = Path(lines[-1])
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite(rows[-1]["agent_model/contrastive_loss"])
+    cfg = (run_dir / "config.yaml").read_text()
+    assert "history:" in cfg and (run_dir / "attack_eval.json").is_file()

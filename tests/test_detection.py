@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from adversaries.detection import DetectSettings, Prefixes, _raw, _represent, detection_auc, train_clam
+from adversaries.detection import (
+    DetectSettings,
+    Prefixes,
+    _raw,
+    _represent,
+    detection_auc,
+    train_clam,
+)
 
 
 def prefixes(e: int, shift: float, seed: int, attacked: list[int] | None = None, n: int = 3, length: int = 12,

@@ -55,6 +55,8 @@ class DetectSettings:
     batch: int = 128           # prefixes per contrastive batch
     neighbours: int = 5        # k of the k-nearest-neighbour score
     lr: float = 3e-3
+    width: int = 128           # CLAM's set-attention width and heads (the paper's)
+    heads: int = 4
     train_seed: int = 1_000_000  # clean training episodes use seeds from here on
 
 
@@ -96,7 +98,8 @@ def train_clam(clean: Prefixes, settings: DetectSettings, seed: int):
     """CLAM on every observer's clean prefixes (Ma et al. 2024 defaults, DESIGN.md)."""
     torch.manual_seed(seed)
     e, n, length, f = clean.hist.shape
-    model = make_agent_model({"name": "clam", "max_len": length}, f)
+    model = make_agent_model({"name": "clam", "max_len": length, "width": settings.width,
+                              "heads": settings.heads}, f)
     hist = torch.from_numpy(clean.hist.reshape(e * n, length, f))
     lengths = torch.from_numpy(np.repeat(clean.length, n))
     opt = torch.optim.Adam(model.online_parameters(), lr=settings.lr)

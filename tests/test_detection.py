@@ -43,7 +43,7 @@ def test_the_attacked_agents_own_view_is_left_out():
 def test_clam_trained_on_clean_prefixes_detects_a_shift():
     train, clean = prefixes(48, 0.0, 0), prefixes(24, 0.0, 1)
     shifted = prefixes(24, 2.0, 2, attacked=[0])
-    model, losses = train_clam(train, DetectSettings(steps=30, batch=32), seed=0)
+    model, losses = train_clam(train, DetectSettings(steps=30, batch=32, width=32, heads=2), seed=0)
     assert np.isfinite(losses).all()
 
     def embed(p, t):

@@ -130,6 +130,21 @@ def play(env: PartialControlEnv, steps: int, seed: int = 0):
     return records
 
 
+def test_an_attacker_that_models_agents_sees_alphas_episode_history():
+    env = PartialControlEnv({
+        "env": {"import": "envs.coordination_game", "kwargs": {"n": 5}, "history": {"length": 6}},
+        "attacks": [{"attacker": "attacker_team_0", "victim": "team_0", "team": "team_0", "agents": [1, 3]}],
+        "budget": 0.5, "seed": 0,
+    })
+    obs, _ = env.reset(seed=0)
+    for _ in range(3):
+        acts = {"team_0": np.zeros(5, np.int64), "attacker_team_0": np.ones(2, np.int64)}
+        obs, *_ = env.step(acts)
+    a = obs["attacker_team_0"]
+    np.testing.assert_array_equal(a["history"], obs["team_0"]["history"][[1, 3]])
+    assert a["history_len"][0] == 4 and env.observation_spaces["attacker_team_0"].contains(a)
+
+
 def test_replacement_rate_is_the_budget_and_flags_mark_exactly_the_replaced_steps():
     env = coordination_env(0.3)
     records = play(env, 2000)

@@ -43,6 +43,10 @@ from envs.adapter import EXECUTED_INFO, TeamEnv
 REPLACED_FRACTION = "replaced_fraction"  # attacker's last info: share of α's live steps replaced
 
 
+# Team observation keys of the episode history (envs/adapter.py), present with agent modelling.
+HISTORY_KEYS = ("history", "history_len")
+
+
 @dataclass(frozen=True)
 class Attack:
     attacker: str  # the attacker's RLlib agent (and module) id
@@ -80,8 +84,9 @@ class PartialControlEnv(MultiAgentEnv):
         """α's rows of its team's observation (obs, action mask, alive) and the global state."""
         space, ids = self.env.observation_spaces[a.team], list(a.agents)
         rows = {key: gym.spaces.Box(space[key].low[ids], space[key].high[ids], dtype=np.float32)
-                for key in ("obs", "action_mask", "alive")}
-        return gym.spaces.Dict({**rows, "state": space["state"]})
+                for key in ("obs", "action_mask", "alive") + HISTORY_KEYS[:1] if key in space.spaces}
+        extra = {"history_len": space["history_len"]} if "history_len" in space.spaces else {}
+        return gym.spaces.Dict({**rows, **extra, "state": space["state"]})
 
     def _action_space(self, a: Attack) -> gym.Space:
         space, ids = self.env.action_spaces[a.team], list(a.agents)
@@ -91,7 +96,10 @@ class PartialControlEnv(MultiAgentEnv):
 
     def _attacker_obs(self, a: Attack) -> dict[str, np.ndarray]:
         o, ids = self._obs[a.team], list(a.agents)
-        return {"obs": o["obs"][ids], "action_mask": o["action_mask"][ids], "alive": o["alive"][ids], "state": o["state"]}
+        # With agent modelling (model.agent_modeling), α's rows of the episode history too.
+        history = {"history": o["history"][ids], "history_len": o["history_len"]} if "history" in o else {}
+        return {**history, "obs": o["obs"][ids], "action_mask": o["action_mask"][ids], "alive": o["alive"][ids],
+                "state": o["state"]}
 
     # ---------------------------------------------------------------------- API
     def reset(self, *, seed: int | None = None, options: dict | None = None):

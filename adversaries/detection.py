@@ -48,7 +48,8 @@ EVAL_STEPS = (1, 2, 3, 5, 8, 10, 15, 20, 25, 30, 40, 50, 75, 100)
 
 @dataclass
 class DetectSettings:
-    history: int = 50          # steps of each episode's prefix scored (and CLAM's max length)
+    history: int | None = None  # steps of each episode's prefix scored (and CLAM's max length);
+                                # None: the env's own history where it keeps one, else 50
     train_episodes: int = 200  # clean episodes CLAM and the clean cluster are fitted on
     episodes: int = 64         # paired clean/attacked evaluation episodes per attack run
     steps: int = 1500          # CLAM training steps
@@ -91,7 +92,23 @@ def _collect(env: AttackEnv, seeds: list[int], policy, attacked: bool, attack_se
 
 
 def _env(setup, plugin, length: int) -> AttackEnv:
+    """The attack env with the episode history on. Where the victim or the attacker models
+    agents, the env has a history already and their modules read it: it is kept as it is."""
+    if setup.env_config()["env"].get("history"):
+        return make_env(setup, plugin)
     return make_env(setup, plugin, history={"length": length, "last_actions": True})
+
+
+def _history_length(setup, requested: int | None) -> int:
+    own = setup.env_config()["env"].get("history")
+    if own:
+        if requested is not None and requested != own["length"]:
+            raise UserError(
+                f"--history {requested}: the attack run's env keeps {own['length']} steps of history (its victim "
+                "or attacker models agents and reads it); leave --history out or give that length"
+            )
+        return int(own["length"])
+    return 50 if requested is None else requested
 
 
 def train_clam(clean: Prefixes, settings: DetectSettings, seed: int):
@@ -106,7 +123,8 @@ def train_clam(clean: Prefixes, settings: DetectSettings, seed: int):
     gen = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(settings.steps):
-        idx = torch.randint(len(hist), (min(settings.batch, len(hist)),), generator=gen)
+        # Without replacement: a prefix twice in one batch would be its own negative.
+        idx = torch.randperm(len(hist), generator=gen)[: settings.batch]
         loss, _ = model.contrastive_loss(hist[idx], lengths[idx], gen)
         opt.zero_grad()
         loss.backward()
@@ -187,11 +205,20 @@ def detect(victim: Path, attack_runs: list[Path], out: Path, settings: DetectSet
         if attacked_ckpt != victim_ckpt:
             raise UserError(f"attack run '{run}' attacked '{attacked_ckpt}', not the victim '{victim_ckpt}'")
         loaded.append((run, setup, ckpt))
+    lengths = {_history_length(setup, settings.history) for _, setup, _ in loaded}
+    if len(lengths) > 1:
+        raise UserError(f"the attack runs' envs keep histories of different lengths {sorted(lengths)}; detect them apart")
+    if settings.train_episodes < settings.neighbours or settings.episodes < 2:
+        raise UserError(
+            f"--train-episodes must be at least {settings.neighbours} (the k-NN rule's k) and --episodes at least 2 "
+            f"(got {settings.train_episodes} and {settings.episodes})"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out '{out}' exists and is not an empty directory; name a new one (nothing is overwritten)")
     out.mkdir(parents=True, exist_ok=True)
 
-    length = settings.history
+    length = lengths.pop()
+    settings.history = length
     _, setup0, _ = loaded[0]
     plugin0 = setup0.plugin()
     env0 = _env(setup0, plugin0, length)

@@ -87,7 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--episodes", type=int, default=64, help="paired clean/attacked episodes per attack run")
     d.add_argument("--train-episodes", type=int, default=200, help="clean episodes CLAM is trained on")
     d.add_argument("--steps", type=int, default=1500, help="CLAM training steps")
-    d.add_argument("--history", type=int, default=50, help="steps of each episode scored")
+    d.add_argument("--history", type=int, default=None,
+                   help="steps of each episode scored (default: the env's own history where a victim or "
+                   "attacker models agents, else 50)")
     return p
 
 
@@ -187,7 +189,7 @@ def _cmd_detect(args) -> int:
     from adversaries.report import find_runs
 
     for name in ("episodes", "train_episodes", "steps", "history"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer (got {getattr(args, name)})")
     runs = [r.path for r in find_runs(args.attack_runs)]
     out = args.out or Path("runs") / f"detect-{datetime.now().strftime('%Y%m%d-%H%M%S')}"

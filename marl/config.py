@@ -142,9 +142,16 @@ class AgentModelingConfig(Strict):
         return name
 
     @model_validator(mode="after")
-    def _crops(self) -> AgentModelingConfig:
+    def _consistent(self) -> AgentModelingConfig:
         if not self.crop_min <= self.crop_max:
             raise ValueError(f"crop_min ({self.crop_min}) must not exceed crop_max ({self.crop_max})")
+        if self.width % self.heads:
+            raise ValueError(f"width ({self.width}) must be a multiple of heads ({self.heads})")
+        if self.min_episodes > self.buffer_episodes:
+            raise ValueError(
+                f"min_episodes ({self.min_episodes}) must not exceed buffer_episodes ({self.buffer_episodes}): "
+                "the encoder would never train"
+            )
         return self
 
 

@@ -4,6 +4,8 @@ off switch."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -195,16 +197,16 @@ def test_episode_buffer_is_a_ring_and_samples_without_replacement():
 
 @pytest.mark.slow
 def test_clam_trains_inside_the_rllib_learner(tmp_path):
-    """Two iterations of MAPPO with CLAM on simple_spread: the learner holds two optimizers,
+    """Three iterations of MAPPO with CLAM on simple_spread: the learner holds two optimizers,
     the encoder's weights move, the EMA copy lags them by the momentum, the buffer fills with
     finished episodes, and the run evaluates and resumes from its checkpoint."""
     from marl.train import Trainer, create_run_dir
 
     cfg = load_config("configs/mappo_simple_spread.yaml", [
         *CLAM_SMALL, "model.agent_modeling.min_episodes=4", "model.agent_modeling.batch_episodes=16",
-        "model.agent_modeling.encoder_every=1",
+        "model.agent_modeling.encoder_every=4",
         "model.agent_modeling.probe_episodes=0", "algo.train_batch_size=300", "algo.minibatch_size=150",
-        "algo.num_epochs=1", "runners.num_envs_per_env_runner=2", "train.total_env_steps=600",
+        "algo.num_epochs=1", "runners.num_envs_per_env_runner=2", "train.total_env_steps=900",
         "train.progress=log", f"output_dir={tmp_path}",
     ])
     trainer = Trainer(cfg, create_run_dir(cfg))
@@ -223,11 +225,16 @@ def test_clam_trains_inside_the_rllib_learner(tmp_path):
         after = list(module.agent_model.encoder.parameters())
         assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
         assert learner.episode_buffers["team_0"].size >= 2 * 300 // 25 - 2
-        row = [line for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()][-1]
-        assert "agent_model/contrastive_loss" in row
+        ema = [p.detach().clone() for p in module.agent_model.ema_encoder.parameters()]
+        assert any(not torch.equal(e, b) for e, b in zip(ema, before, strict=True))  # the EMA followed...
+        assert any(not torch.equal(e, a) for e, a in zip(ema, after, strict=True))  # ...and lags
+        # 2 minibatch steps per update, an encoder step every 4: still one per update, so the
+        # loss is in every iteration's metrics (a missing one would read as NaN and stop the run).
+        rows = [json.loads(x) for x in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert len(rows) == 3 and all(np.isfinite(r["agent_model/contrastive_loss"]) for r in rows)
     finally:
         trainer.stop()
     from marl.evaluate import evaluate
 
-    out = evaluate(trainer.run_dir / "checkpoints" / "iter_000002", episodes=2)
+    out = evaluate(trainer.run_dir / "checkpoints" / "iter_000003", episodes=2)
     assert np.isfinite(out["episode_return_mean"])

@@ -29,30 +29,14 @@ def rollout_representations(env, modules: dict[str, Any], episodes: int, seed: i
     """Per team that models the others: ``z`` [E, L, n, k] (zero-padded), ``valid`` [E, L] and
     ``types`` [E] (-1 where the env reported none). Every team acts with its own module."""
     teams = [t for t, m in modules.items() if getattr(m, "models_agents", False)]
+    _, infos = env.reset(seed=seed)
+    teams = [t for t in teams if TYPE_INFO in (infos.get(t) or {})]  # envs without types: no probe
+    if not teams:
+        return {}
     out: dict[str, dict[str, list]] = {t: {"z": [], "types": []} for t in teams}
-    for ep in range(episodes):
-        obs, infos = env.reset(seed=seed + ep)
-        etype = {t: int((infos.get(t) or {}).get(TYPE_INFO, -1)) for t in teams}
-        steps: dict[str, list[np.ndarray]] = {t: [] for t in teams}
-        while True:
-            actions = {}
-            with torch.no_grad():
-                for team, team_obs in obs.items():
-                    batch = {Columns.OBS: {k: torch.as_tensor(v).unsqueeze(0) for k, v in team_obs.items()}}
-                    fwd = modules[team].forward_exploration(batch)
-                    actions[team] = unsquash_action(fwd[Columns.ACTIONS][0].numpy(), env.action_spaces[team])
-                    if team in steps:
-                        n = team_obs["obs"].shape[0]
-                        steps[team].append(fwd[AGENT_REPR][0].numpy().reshape(n, -1))
-            obs, _, term, trunc, infos = env.step(actions)
-            for t in teams:
-                if etype[t] < 0 and TYPE_INFO in (infos.get(t) or {}):
-                    etype[t] = int(infos[t][TYPE_INFO])
-            if term["__all__"] or trunc["__all__"]:
-                break
-        for t in teams:
-            out[t]["z"].append(np.stack(steps[t]))
-            out[t]["types"].append(etype[t])
+    with torch.random.fork_rng():  # the probe's sampling leaves training's torch stream alone
+        for ep in range(episodes):
+            _episode(env, modules, teams, seed + ep, out)
     result = {}
     for t in teams:
         zs = out[t]["z"]
@@ -64,6 +48,33 @@ def rollout_representations(env, modules: dict[str, Any], episodes: int, seed: i
             valid[e, : len(ze)] = True
         result[t] = {"z": z, "valid": valid, "types": np.array(out[t]["types"])}
     return result
+
+
+def _episode(env, modules: dict[str, Any], teams: list[str], seed: int, out: dict) -> None:
+    """One episode on env seed ``seed``: each step's representation of every probed team, and
+    the episode's type (from the reset's infos, or the first step's that reports it)."""
+    obs, infos = env.reset(seed=seed)
+    etype = {t: int((infos.get(t) or {}).get(TYPE_INFO, -1)) for t in teams}
+    steps: dict[str, list[np.ndarray]] = {t: [] for t in teams}
+    while True:
+        actions = {}
+        with torch.no_grad():
+            for team, team_obs in obs.items():
+                batch = {Columns.OBS: {k: torch.as_tensor(v).unsqueeze(0) for k, v in team_obs.items()}}
+                fwd = modules[team].forward_exploration(batch)
+                actions[team] = unsquash_action(fwd[Columns.ACTIONS][0].numpy(), env.action_spaces[team])
+                if team in steps:
+                    n = team_obs["obs"].shape[0]
+                    steps[team].append(fwd[AGENT_REPR][0].numpy().reshape(n, -1))
+        obs, _, term, trunc, infos = env.step(actions)
+        for t in teams:
+            if etype[t] < 0 and TYPE_INFO in (infos.get(t) or {}):
+                etype[t] = int(infos[t][TYPE_INFO])
+        if term["__all__"] or trunc["__all__"]:
+            break
+    for t in teams:
+        out[t]["z"].append(np.stack(steps[t]))
+        out[t]["types"].append(etype[t])
 
 
 def probe_curve(z: np.ndarray, valid: np.ndarray, types: np.ndarray, steps=PROBE_STEPS, seed: int = 0,
@@ -82,6 +93,8 @@ def probe_curve(z: np.ndarray, valid: np.ndarray, types: np.ndarray, steps=PROBE
     stratify = types if counts[counts > 0].min() >= 2 else None
     train, test = train_test_split(idx, test_size=0.3, random_state=seed, stratify=stratify)
     curve = {}
+    if len(np.unique(types[train])) < 2:  # too few episodes to fit a classifier
+        return curve
     for t in steps:
         if t > valid.shape[1] or not valid[:, t - 1].all():
             continue

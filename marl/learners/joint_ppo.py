@@ -68,7 +68,8 @@ class JointPPOLearner(PPOTorchLearner):
             # Finished episodes' prefixes, for the agent models' encoders.
             self._learner_connector.prepend(FinishedEpisodes(sink=self._store_episodes))
         self.episode_buffers: dict[str, EpisodeBuffer] = {}
-        self._minibatch_steps: dict[str, int] = {}
+        self._minibatch_steps: dict[str, int] = {}  # this update's, per module (reset each update)
+        self._encoder_stepped: set[str] = set()  # modules whose encoder trains on this minibatch
         seed = self.config.seed or 0
         self._contrastive_rng = torch.Generator().manual_seed(seed)
 
@@ -100,6 +101,8 @@ class JointPPOLearner(PPOTorchLearner):
         return dict(module.model_config["agent_modeling"])
 
     def _store_episodes(self, module_id: str, hist, lengths) -> None:
+        if not self.should_module_be_updated(module_id):  # a frozen team's encoder never trains
+            return
         if module_id not in self.episode_buffers:
             am = self._agent_modeling(self._module[module_id].unwrapped())
             self.episode_buffers[module_id] = EpisodeBuffer(
@@ -112,10 +115,14 @@ class JointPPOLearner(PPOTorchLearner):
         am = self._agent_modeling(module)
         buffer = self.episode_buffers.get(module_id)
         stats: dict[str, Any] = {"agent_model/buffer_episodes": 0 if buffer is None else buffer.size}
-        count = self._minibatch_steps.get(module_id, 0) + 1
-        self._minibatch_steps[module_id] = count
+        count = self._minibatch_steps.get(module_id, 0)
+        self._minibatch_steps[module_id] = count + 1
+        # The 1st, (1+k)-th, (1+2k)-th ... minibatch step of each update: every update trains
+        # the encoder at least once (and logs its loss: a metric missing from one iteration
+        # would read as NaN).
         if buffer is None or buffer.size < am.get("min_episodes", 16) or count % am.get("encoder_every", 1):
             return None, stats
+        self._encoder_stepped.add(module_id)
         hist, lengths = buffer.sample(am.get("batch_episodes", 512))
         device = next(module.parameters()).device
         loss, extra = module.agent_model.contrastive_loss(
@@ -127,10 +134,11 @@ class JointPPOLearner(PPOTorchLearner):
 
     def apply_gradients(self, gradients_dict) -> None:
         super().apply_gradients(gradients_dict)
-        for module_id in self.module.keys():
-            module = self.module[module_id].unwrapped()
-            if getattr(module, "models_agents", False) and self.should_module_be_updated(module_id):
-                module.agent_model.ema_update()  # the acting encoder follows (CLAM: momentum 0.99)
+        # The acting encoder follows the online one after each encoder step (CLAM: momentum
+        # 0.99 per encoder update); not on PPO-only steps, nor for a resting module.
+        for module_id in self._encoder_stepped:
+            self.module[module_id].unwrapped().agent_model.ema_update()
+        self._encoder_stepped.clear()
 
     def should_module_be_updated(self, module_id, multi_agent_batch=None) -> bool:
         if not super().should_module_be_updated(module_id, multi_agent_batch):
@@ -150,6 +158,7 @@ class JointPPOLearner(PPOTorchLearner):
         super().before_gradient_based_update(timesteps=timesteps)
         self.update_count += 1
         self._resting = {m for m, k in self.update_every.items() if self.update_count % k}
+        self._minibatch_steps.clear()
         steps = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0)
         self._sync_schedules(steps)
         if self.density_schedule is not None and self.total_env_steps:

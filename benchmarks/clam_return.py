@@ -13,7 +13,8 @@ Every run is an ordinary ``run.py train`` run directory (re-runnable: finished r
 skipped). Writes ``clam_return.json`` (per variant: final return per seed, mean, 95%
 t-interval, IQM; the CLAM runs' probe accuracy against t), ``return_curves.png`` (mean and
 95% band over seeds against env steps) and ``probe_accuracy.png``. The final return of a run
-is the mean ``episode_return_mean`` over its last ``--last`` iterations. Prints a Markdown
+is the mean ``episode_return_mean`` over its last ``--last`` iterations up to the budget (a
+longer run of the same config and seed is read up to the budget). Prints a Markdown
 table; the last stdout line is one JSON object.
 
     python benchmarks/clam_return.py CONFIG --runs DIR --out DIR [--seeds 0 1 2] \\
@@ -82,7 +83,10 @@ def one_run(config: Path, variant: str, seed: int, runs: Path, overrides: list[s
 
 
 def read(run: Path, last: int) -> dict:
+    # A run longer than the budget counts up to the budget only: with constant schedules its
+    # first steps are those of a run of the budget itself (same seed, same updates).
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r["env_steps"] <= TOTAL[0] + 100] or rows[:1]
     curve = [(r["env_steps"], r["episode_return_mean"]) for r in rows if r.get("episode_return_mean") is not None]
     out = {"run": str(run), "curve": curve, "final": float(np.mean([c[1] for c in curve[-last:]])),
            "time_s": rows[-1]["time_s"]}

@@ -83,8 +83,8 @@ def one_run(config: Path, variant: str, seed: int, runs: Path, overrides: list[s
 
 
 def read(run: Path, last: int) -> dict:
-    # A run longer than the budget counts up to the budget only: with constant schedules its
-    # first steps are those of a run of the budget itself (same seed, same updates).
+    # A run longer than the budget counts up to the budget only: with constant schedules (the
+    # default lr and entropy) its first steps are a run of the budget itself.
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     rows = [r for r in rows if r["env_steps"] <= TOTAL[0] + 100] or rows[:1]
     curve = [(r["env_steps"], r["episode_return_mean"]) for r in rows if r.get("episode_return_mean") is not None]

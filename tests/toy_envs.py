@@ -274,7 +274,10 @@ def flaky_env(fail_at: int = 250, always: bool = False):
 
 
 class NanObsEnv(CountingEnv):
-    """agent_1's observation is NaN at the ``nan_at``-th step of this process (once)."""
+    """agent_1's observation is NaN at the ``nan_at``-th step of this process (once); the
+    serial of that episode is kept in ``tampered``."""
+
+    tampered: list[int] = []
 
     def __init__(self, nan_at: int):
         super().__init__()
@@ -283,6 +286,7 @@ class NanObsEnv(CountingEnv):
     def tamper(self, obs, rewards):
         if CountingEnv.steps_taken == self.nan_at and "agent_1" in obs:
             obs["agent_1"] = np.array([np.nan, self.serial], np.float32)
+            NanObsEnv.tampered.append(self.serial)
         return obs
 
 

@@ -73,6 +73,7 @@ ERROR_LOG = "error.log"
 # raised (marl/runners.py), and episodes ended at a non-finite env output (marl/callbacks.py).
 ENV_FAULTS = "env_faults"
 ENV_NONFINITE = "env_nonfinite"
+ENV_RUNNERS_LOST = "env_runners_lost"  # remote EnvRunner processes that died (restarted)
 KEEP_CHECKPOINTS = 5
 # Learner metrics copied into metrics.jsonl (and TensorBoard) under the same names.
 LEARNER_KEYS = {
@@ -204,6 +205,7 @@ class Trainer:
         self.algo = None
         self.writer = None
         self._tb_extra: dict[str, Any] = {}
+        self._runner_restarts = 0  # remote EnvRunners RLlib restarted, as last seen
         from marl.defenses import defense_for
 
         self.defense = defense_for(cfg)  # None without one (and for attack runs)
@@ -353,6 +355,15 @@ class Trainer:
         row[ENV_FAULTS] = faults
         if self.cfg.runners.nonfinite_env_output == "end_episode":
             row[ENV_NONFINITE] = int(_num(er.get(ENV_NONFINITE)) or 0)
+        if self.cfg.runners.num_env_runners:  # remote EnvRunner processes lost and restarted
+            restarts = self.algo.env_runner_group.num_remote_worker_restarts()
+            row[ENV_RUNNERS_LOST] = restarts - self._runner_restarts
+            self._runner_restarts = restarts
+            if row[ENV_RUNNERS_LOST]:
+                print(
+                    f"warning: {row[ENV_RUNNERS_LOST]} EnvRunner process(es) lost in iteration "
+                    f"{row['iteration']}; RLlib restarted them", file=sys.stderr,
+                )
         if "win_rate" in er:  # envs that report wins (SMAX, SMACv2)
             row["win_rate"] = _num(er["win_rate"])
         if len(self.algo.config.policies) > 1:  # competitive: each team's own return

@@ -338,7 +338,7 @@ class Trainer:
 
     def _record(self, result: dict[str, Any], dt: float) -> dict[str, Any]:
         er = result.get("env_runners", {})
-        sampled = int(er.get("num_env_steps_sampled", 0) or 0)
+        sampled = int(_num(er.get("num_env_steps_sampled")) or 0)  # NaN: no runner returned a sample
         self.state.iteration += 1
         self.state.env_steps += sampled
         self.state.time_s += dt

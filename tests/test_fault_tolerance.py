@@ -6,8 +6,11 @@ traceback in RUN_DIR/error.log and one line with the resume command."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +188,48 @@ def test_uncaught_failure_writes_error_log_and_one_line_with_the_resume_command(
     resumed = run_cli("resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["iteration"] for r in read_metrics(run_dir)] == [1, 2, 3]
+
+
+def _env_runner_processes(pid: int) -> list:
+    import psutil
+
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if "FaultTolerantEnvRunner" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_a_remote_env_runner_killed_with_sigkill_is_restarted_and_the_run_finishes(tmp_path):
+    total = 1600
+    proc = subprocess.Popen(
+        [sys.executable, "run.py", "train", "configs/mappo_simple_spread.yaml", *TINY,
+         "env.import=tests.toy_envs:flaky_env", "env.kwargs={fail_at: 10000000}", "runners.num_env_runners=1",
+         f"train.total_env_steps={total}", "train.checkpoint_every=100", f"output_dir={tmp_path}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.time() + 240
+        killed = None
+        while killed is None and time.time() < deadline and proc.poll() is None:
+            rows = list(tmp_path.glob("*/metrics.jsonl"))
+            if rows and len(rows[0].read_text().splitlines()) >= 2:  # mid-training
+                runners = _env_runner_processes(proc.pid)
+                if runners:
+                    killed = runners[0].pid
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed is not None, err[-3000:]
+    assert proc.returncode == 0, err[-3000:]
+    run_dir = Path(out.strip().splitlines()[-1])
+    rows = read_metrics(run_dir)
+    assert rows[-1]["env_steps"] >= total
+    assert sum(r["env_runners_lost"] for r in rows) >= 1
+    assert "EnvRunner process(es) lost" in err

@@ -17,6 +17,10 @@ This runner adds what a long run needs around that:
 - a non-finite env output (``envs.errors.NonFiniteOutput``) is not a fault: a new env in the
   same state would return it again, so it ends the run (or the adapter ends the episode).
 
+With remote EnvRunners (``num_env_runners >= 1``) the ``EnvFaultsExceeded`` of a runner fails
+that runner's task, and RLlib's ``restart_failed_env_runners`` restarts it; the driver's limits
+(marl/train.py) then see only the faults counted in the samples that arrive.
+
 The limit comes from ``learner_config_dict["max_env_faults_per_iteration"]``, the free-form
 dict of the AlgorithmConfig that every EnvRunner can read (marl/algorithms.py sets it).
 """

@@ -100,7 +100,7 @@ class AttackSetup:
         """The AttackEnv's config (what RLlib's EnvRunners build it from)."""
         c = self.cfg
         return {
-            "env": c.to_dict()["env"],
+            "env": {**c.to_dict()["env"], "nonfinite": c.runners.nonfinite_env_output},
             "team": c.victim.team,
             "adversary_team": c.adversary.team,
             "checkpoint": c.victim.checkpoint,

@@ -28,6 +28,7 @@ from marl.train import (
     RUN_STATE,
     RunState,
     Trainer,
+    crash_reported,
     create_run_dir,
     describe_build_failure,
     truncate_metrics,
@@ -64,8 +65,10 @@ def _train_and_evaluate(setup: AttackSetup, run_dir: Path, state: RunState | Non
             if fresh:
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise BuildFailed(describe_build_failure(setup.cfg, e)) from e
-        trainer.run()
-        evaluate_attack(setup, run_dir, trainer.algo.get_module(ATTACKER), trainer.state.env_steps)
+        with crash_reported(run_dir):
+            trainer.run()
+        with crash_reported(run_dir, "evaluating the attack"):
+            evaluate_attack(setup, run_dir, trainer.algo.get_module(ATTACKER), trainer.state.env_steps)
     finally:
         trainer.stop()
     return run_dir

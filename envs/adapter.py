@@ -23,6 +23,13 @@ step, so no prefix is ever rebuilt from Python lists.
 
 Agents are ordered as the env lists them in ``possible_agents`` (a list, so deterministic),
 and a dead agent keeps its slot: zero observation, ``alive`` 0, and only action 0 allowed.
+
+Non-finite output (NaN or inf in an agent's observation or reward, or in the global state) is
+caught here, where it enters, rather than left to surface later as a non-finite loss. With the
+config key ``nonfinite: error`` (the default) the adapter raises ``NonFiniteOutput`` naming the
+env, the agent, the key and the episode step; with ``nonfinite: end_episode`` that step ends the
+episode instead (truncated, the bad values replaced by finite zeros) and every team's info of
+that step holds ``nonfinite``, so a learner can count such endings.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ import gymnasium as gym
 import numpy as np
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
+from envs.errors import NonFiniteOutput
+
 DEFAULT_TEAM = "team_0"
 
 
@@ -48,6 +57,10 @@ TYPE_INFO = "type"
 # Per-agent info: False when the env executed another action than the agent's (partial
 # control). Teams get an [n] array; learners leave unexecuted actions out of the surrogate.
 EXECUTED_INFO = "executed"
+# Team info of a step whose env output held NaN or inf (``nonfinite: end_episode``): the
+# episode ended there. The value names the agent and key, e.g. "agent_0 reward".
+NONFINITE_INFO = "nonfinite"
+NONFINITE_MODES = ("error", "end_episode")
 
 
 def resolve_env_factory(import_path: str) -> Callable[..., Any]:
@@ -107,12 +120,19 @@ class TeamEnv(MultiAgentEnv):
     """RLlib view of a PettingZoo ParallelEnv, one RLlib agent per team.
 
     ``config`` keys: ``import`` (str), ``kwargs`` (dict) and optionally ``teams``
-    (team name -> list of agent names or name prefixes; default: one team with every agent).
+    (team name -> list of agent names or name prefixes; default: one team with every agent),
+    ``history`` and ``nonfinite`` (``error`` | ``end_episode``; module docstring).
     """
 
     def __init__(self, config: dict | None = None):
         super().__init__()
         config = dict(config or {})
+        self.import_path = config["import"]
+        self.nonfinite = config.get("nonfinite") or "error"
+        if self.nonfinite not in NONFINITE_MODES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_MODES} (got {self.nonfinite!r})")
+        self._bad: list[str] = []  # "agent key" of this step's non-finite values
+        self.t = 0  # steps into the episode
         factory = resolve_env_factory(config["import"])
         self.env = factory(**dict(config.get("kwargs") or {}))
         names = list(self.env.possible_agents)
@@ -217,8 +237,10 @@ class TeamEnv(MultiAgentEnv):
             agent: self._agent_obs(agent, obs[agent], infos.get(agent, {}))
             for agent in self._all_agents if agent in obs
         }
+        for agent, (vec, mask) in flat.items():
+            flat[agent] = (self._finite(vec, agent, "observation"), mask)
         if self._has_state:
-            state = np.asarray(self.env.state(), np.float32).reshape(-1)
+            state = self._finite(np.asarray(self.env.state(), np.float32).reshape(-1), None, "state")
         else:  # concatenated observations, each padded to the widest
             state = np.zeros((len(self._all_agents), self._state_row), np.float32)
             for k, agent in enumerate(self._all_agents):
@@ -231,6 +253,21 @@ class TeamEnv(MultiAgentEnv):
             for team, team_obs in teams.items():
                 team_obs.update(self.history.observe(team))
         return teams
+
+    def _finite(self, value: np.ndarray, agent: str | None, key: str) -> np.ndarray:
+        """``value`` if all finite; else raise (``nonfinite: error``) or note it and return it
+        with finite zeros in place of the bad entries (``end_episode``)."""
+        ok = np.isfinite(value)
+        if ok.all():
+            return value
+        where = "the global state" if agent is None else f"agent '{agent}'s {key}"
+        if self.nonfinite == "error":
+            raise NonFiniteOutput(
+                f"env '{self.import_path}' returned {value[~ok].flat[0]} in {where} at step {self.t} "
+                "of an episode"
+            )
+        self._bad.append(key if agent is None else f"{agent} {key}")
+        return np.where(ok, value, 0).astype(value.dtype)
 
     def _team_obs(self, team: str, flat: dict, state: np.ndarray) -> dict[str, np.ndarray]:
         spec = self.specs[team]
@@ -270,9 +307,15 @@ class TeamEnv(MultiAgentEnv):
         obs, infos = self.env.reset(seed=seed, options=options)
         infos = infos or {}
         self._dead = set()
+        self.t, self._bad = 0, []
         if self.history is not None:
             self.history.reset()
-        return self._observe(obs, infos), {t: self._team_info(t, infos) for t in self.teams}
+        team_obs = self._observe(obs, infos)
+        team_info = {t: self._team_info(t, infos) for t in self.teams}
+        if self._bad:  # nothing to end yet: the zeros stand in, and the start is counted
+            for info in team_info.values():
+                info[NONFINITE_INFO] = ", ".join(self._bad)
+        return team_obs, team_info
 
     def step(self, action_dict: dict[str, np.ndarray]):
         live = set(self.env.agents)
@@ -287,6 +330,9 @@ class TeamEnv(MultiAgentEnv):
             self.history.last_actions = actions
         obs, rewards, terms, truncs, infos = self.env.step(actions)
         infos = infos or {}
+        self.t += 1
+        self._bad = []
+        rewards = {a: float(self._finite(np.asarray(r, np.float64), a, "reward")) for a, r in rewards.items()}
         done = len(self.env.agents) == 0
         if not done:  # at the episode's end every agent terminates; deaths are the absent ones
             self._dead |= {a for a, t in terms.items() if t and not truncs.get(a, False)}
@@ -296,6 +342,10 @@ class TeamEnv(MultiAgentEnv):
         for team, spec in self.specs.items():
             team_rew[team] = float(sum(rewards.get(a, 0.0) for a in spec.agents))
             team_info[team] = self._team_info(team, infos)
+        if self._bad:  # nonfinite: end_episode: this step ends the episode (truncated)
+            terminated, truncated = False, True
+            for info in team_info.values():
+                info[NONFINITE_INFO] = ", ".join(self._bad)
         term = {t: terminated for t in self.teams}
         trunc = {t: truncated for t in self.teams}
         term["__all__"] = terminated

@@ -26,6 +26,7 @@ from marl.defenses import defense_for
 from marl.learners import JointPPOLearner
 from marl.modules import JointPolicyModule
 from marl.modules.scripted import ScriptedTeamModule
+from marl.runners import MAX_FAULTS_KEY, FaultTolerantEnvRunner
 
 
 def _team_of(agent_id, episode=None, **kwargs):
@@ -86,7 +87,7 @@ def build_mappo(cfg: Config) -> AlgorithmConfig:
     configured defense (marl/defenses.py) builds from the same parts."""
     parts = dict(
         env=TeamEnv,
-        env_config=cfg.to_dict()["env"],
+        env_config={**cfg.to_dict()["env"], "nonfinite": cfg.runners.nonfinite_env_output},
         rl_module_spec=module_spec(cfg),
         policies=set(team_names(cfg)),
         policies_to_train=trained_teams(cfg),
@@ -122,7 +123,11 @@ def build_ppo(
             num_env_runners=r.num_env_runners,
             num_envs_per_env_runner=r.num_envs_per_env_runner,
             rollout_fragment_length="auto",
+            env_runner_cls=FaultTolerantEnvRunner,
         )
+        # A sub-environment that raises is recreated and its episode dropped (marl/runners.py
+        # bounds how often); a remote EnvRunner process that dies is restarted.
+        .fault_tolerance(restart_failed_sub_environments=True, restart_failed_env_runners=True)
         .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
         .learners(
             num_learners=0,
@@ -149,7 +154,7 @@ def build_ppo(
             num_epochs=a.num_epochs,
             use_kl_loss=False,
             kl_coeff=0.0,
-            learner_config_dict=learner_config or {},
+            learner_config_dict={**(learner_config or {}), MAX_FAULTS_KEY: r.max_env_faults_per_iteration},
         )
         .callbacks(WinRateCallback, on_algorithm_init=on_algorithm_init or NotProvided)
         .debugging(seed=cfg.seed, log_level="ERROR")

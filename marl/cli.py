@@ -1,7 +1,9 @@
 """Command line: ``run.py train | resume | evaluate | attack | report``.
 
 Bad input ends a command with exit code 2 and one ``error: ...`` line on stderr, before
-anything is created. A diverged run ends with exit code 1 and keeps its last checkpoint.
+anything is created. A run that stops (diverged, an env that keeps failing or returns NaN, or
+any other failure, whose traceback goes to RUN_DIR/error.log) ends with exit code 1 and one
+``error: ...`` line, and keeps its last checkpoint.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from marl.errors import BuildFailed, TrainingDiverged, UserError
+from marl.errors import RunStopped, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except (TrainingDiverged, BuildFailed) as e:
+    except RunStopped as e:  # diverged, env faults, a crash logged to RUN_DIR/error.log, ...
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

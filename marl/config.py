@@ -198,6 +198,12 @@ class RunnersConfig(Strict):
     num_envs_per_env_runner: PosInt
     num_gpus_per_learner: Annotated[float, Field(ge=0.0)]
     torch_threads: PosInt
+    # Fault tolerance (marl/runners.py): a sub-environment that raises is recreated and its
+    # episode dropped; past these many faults in one iteration, or in the whole run, it stops.
+    max_env_faults_per_iteration: NonNegInt = 5
+    max_env_faults: NonNegInt = 100
+    # NaN or inf from the env (envs/adapter.py): stop the run, or end that episode and count it.
+    nonfinite_env_output: Literal["error", "end_episode"] = "error"
 
 
 class TrainConfig(Strict):

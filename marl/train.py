@@ -14,6 +14,14 @@ A checkpoint is written to a temporary name and renamed into place, so a kill ne
 half-written one under a real name. Resume restores RLlib's state (weights, optimizer, step
 counters, schedules) plus this process's RNG state, and cuts metrics.jsonl back to the
 checkpoint's iteration.
+
+When things fail (README, "When things fail"): an env whose step raises is recreated and its
+episode dropped (marl/runners.py), counted as ``env_faults``, with one warning line; past
+``runners.max_env_faults_per_iteration`` or ``runners.max_env_faults`` the run stops
+(``EnvFaultsExceeded``). Non-finite env output stops it (``EnvOutputNotFinite``) unless the
+config ends such episodes instead. Any other failure during a run writes its traceback to
+``RUN_DIR/error.log`` and ends in ``RunCrashed``, whose one line says how to resume. Every stop
+keeps the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ import random
 import shutil
 import sys
 import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -43,11 +54,26 @@ from marl.checkpoints import (
     save_team_weights,
 )
 from marl.config import Config
-from marl.errors import BuildFailed, TrainingDiverged, UserError
+from marl.errors import (
+    BuildFailed,
+    EnvFaultsExceeded,
+    EnvOutputNotFinite,
+    RunCrashed,
+    RunStopped,
+    TrainingDiverged,
+    UserError,
+    describe_exception,
+)
 from marl.progress import Progress
 
 RUN_STATE = "run_state.json"
 RNG_STATE = "rng_state.json"
+ERROR_LOG = "error.log"
+# Per-iteration counts in metrics.jsonl and TensorBoard: sub-environments recreated after they
+# raised (marl/runners.py), and episodes ended at a non-finite env output (marl/callbacks.py).
+ENV_FAULTS = "env_faults"
+ENV_NONFINITE = "env_nonfinite"
+ENV_RUNNERS_LOST = "env_runners_lost"  # remote EnvRunner processes that died (restarted)
 KEEP_CHECKPOINTS = 5
 # Learner metrics copied into metrics.jsonl (and TensorBoard) under the same names.
 LEARNER_KEYS = {
@@ -71,6 +97,7 @@ class RunState:
     iteration: int = 0
     env_steps: int = 0
     time_s: float = 0.0
+    env_faults: int = 0  # sub-environments recreated over the run (runners.max_env_faults)
 
 
 # ------------------------------------------------------------------------ run directory
@@ -178,6 +205,7 @@ class Trainer:
         self.algo = None
         self.writer = None
         self._tb_extra: dict[str, Any] = {}
+        self._runner_restarts = 0  # remote EnvRunners RLlib restarted, as last seen
         from marl.defenses import defense_for
 
         self.defense = defense_for(cfg)  # None without one (and for attack runs)
@@ -222,15 +250,15 @@ class Trainer:
         ) as metrics_file:
             while self.state.env_steps < total:
                 t0 = time.perf_counter()
-                result = self.algo.train()
+                result = self._train_iteration(last_ckpt)
                 dt = time.perf_counter() - t0
                 row = self._record(result, dt)
                 if not self._healthy(row):
-                    where = f"'{last_ckpt}'" if last_ckpt else "none (no checkpoint was written yet)"
                     raise TrainingDiverged(
                         f"non-finite loss or weights at iteration {row['iteration']}; "
-                        f"training stopped; the last good checkpoint is {where}"
+                        f"training stopped; {_last_good(last_ckpt)}"
                     )
+                self._check_env_faults(row, last_ckpt)
                 done = self.state.env_steps >= total
                 at_checkpoint = done or self.state.iteration % every == 0
                 if at_checkpoint:  # agent models: a linear probe of their representation
@@ -245,9 +273,72 @@ class Trainer:
         self.writer.close()
         return self.run_dir
 
+    def _train_iteration(self, last_ckpt: Path | None) -> dict[str, Any]:
+        """``Algorithm.train()``; the env failures it cannot recover from become one line."""
+        from envs.errors import NonFiniteOutput
+
+        env = f"env '{getattr(self.cfg.env, 'import_', '?')}'"
+        try:
+            return self.algo.train()
+        except Exception as e:
+            cause = _cause(e, (NonFiniteOutput, EnvFaultsExceeded))
+            if isinstance(cause, NonFiniteOutput):
+                raise EnvOutputNotFinite(
+                    f"{cause} (iteration {self.state.iteration + 1}); training stopped; "
+                    f"{_last_good(last_ckpt)}; runners.nonfinite_env_output=end_episode ends such "
+                    "episodes instead"
+                ) from e
+            if isinstance(cause, EnvFaultsExceeded):
+                self._print_faults(self._pop_fault_lines()[:-1], self.state.iteration + 1)
+                raise EnvFaultsExceeded(
+                    f"{env} keeps failing: {cause} (iteration {self.state.iteration + 1}); "
+                    f"training stopped; {_last_good(last_ckpt)}"
+                ) from e
+            raise
+
+    def _pop_fault_lines(self) -> list[str]:
+        """The faults each EnvRunner saw since last asked (marl/runners.py)."""
+        try:
+            per_runner = self.algo.env_runner_group.foreach_env_runner(
+                lambda r: r.pop_faults() if hasattr(r, "pop_faults") else [], local_env_runner=True
+            )
+        except Exception:  # a runner that died with its record: the count still stands
+            return []
+        return [line for lines in per_runner or [] for line in lines or []]
+
+    def _print_faults(self, lines: list[str], iteration: int) -> None:
+        env = getattr(self.cfg.env, "import_", "?")
+        for line in lines:
+            print(
+                f"warning: env '{env}' raised in iteration {iteration} ({line}); it was "
+                "recreated and the episodes in progress were dropped from the batch", file=sys.stderr,
+            )
+
+    def _check_env_faults(self, row: dict[str, Any], last_ckpt: Path | None) -> None:
+        """One warning line per fault; past the limits, stop."""
+        faults = row.get(ENV_FAULTS, 0)
+        if not faults:
+            return
+        lines = self._pop_fault_lines()
+        self._print_faults(lines, row["iteration"])
+        r = self.cfg.runners
+        env = f"env '{getattr(self.cfg.env, 'import_', '?')}'"
+        last = f"the last: {lines[-1]}" if lines else "its runner was lost"
+        if faults > r.max_env_faults_per_iteration:
+            raise EnvFaultsExceeded(
+                f"{env} failed {faults} times in iteration {row['iteration']} "
+                f"(runners.max_env_faults_per_iteration: {r.max_env_faults_per_iteration}); {last}; "
+                f"training stopped; {_last_good(last_ckpt)}"
+            )
+        if self.state.env_faults > r.max_env_faults:
+            raise EnvFaultsExceeded(
+                f"{env} failed {self.state.env_faults} times in this run (runners.max_env_faults: "
+                f"{r.max_env_faults}); {last}; training stopped; {_last_good(last_ckpt)}"
+            )
+
     def _record(self, result: dict[str, Any], dt: float) -> dict[str, Any]:
         er = result.get("env_runners", {})
-        sampled = int(er.get("num_env_steps_sampled", 0) or 0)
+        sampled = int(_num(er.get("num_env_steps_sampled")) or 0)  # NaN: no runner returned a sample
         self.state.iteration += 1
         self.state.env_steps += sampled
         self.state.time_s += dt
@@ -259,6 +350,20 @@ class Trainer:
             "time_s": round(self.state.time_s, 3),
             "env_steps_per_s": round(sampled / dt, 1) if dt > 0 else None,
         }
+        faults = int(_num(er.get(ENV_FAULTS)) or 0)
+        self.state.env_faults += faults
+        row[ENV_FAULTS] = faults
+        if self.cfg.runners.nonfinite_env_output == "end_episode":
+            row[ENV_NONFINITE] = int(_num(er.get(ENV_NONFINITE)) or 0)
+        if self.cfg.runners.num_env_runners:  # remote EnvRunner processes lost and restarted
+            restarts = self.algo.env_runner_group.num_remote_worker_restarts()
+            row[ENV_RUNNERS_LOST] = restarts - self._runner_restarts
+            self._runner_restarts = restarts
+            if row[ENV_RUNNERS_LOST]:
+                print(
+                    f"warning: {row[ENV_RUNNERS_LOST]} EnvRunner process(es) lost in iteration "
+                    f"{row['iteration']}; RLlib restarted them", file=sys.stderr,
+                )
         if "win_rate" in er:  # envs that report wins (SMAX, SMACv2)
             row["win_rate"] = _num(er["win_rate"])
         if len(self.algo.config.policies) > 1:  # competitive: each team's own return
@@ -387,6 +492,42 @@ class Trainer:
             self.writer.close()
 
 
+def _last_good(ckpt: Path | None) -> str:
+    return f"the last good checkpoint is '{ckpt}'" if ckpt else "no checkpoint was written yet"
+
+
+def _cause(error: BaseException, kinds: tuple[type, ...]) -> BaseException | None:
+    """The first exception of ``kinds`` in ``error``'s chain (RLlib and Ray wrap them)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kinds):
+            return error
+        seen.add(id(error))
+        error = getattr(error, "cause", None) if isinstance(getattr(error, "cause", None), BaseException) \
+            else (error.__cause__ or error.__context__)
+    return None
+
+
+@contextmanager
+def crash_reported(run_dir: Path, what: str = "training") -> Iterator[None]:
+    """Any failure that is not already a one-line stop: its traceback appended to
+    ``RUN_DIR/error.log``, and a ``RunCrashed`` naming what failed, the log, and how to resume."""
+    try:
+        yield
+    except (RunStopped, UserError):
+        raise
+    except Exception as e:
+        log = run_dir / ERROR_LOG
+        with open(log, "a") as f:
+            f.write(f"{datetime.now().isoformat(timespec='seconds')} {what} failed:\n{traceback.format_exc()}\n")
+        ckpt = latest_checkpoint(run_dir)
+        then = (
+            f"continue from its last checkpoint ({ckpt.name}) with: run.py resume {run_dir}"
+            if ckpt else f"no checkpoint was written yet; start again with run.py train (run.py resume {run_dir} needs one)"
+        )
+        raise RunCrashed(f"{what} failed: {describe_exception(e)}; the traceback is in {log}; {then}") from e
+
+
 # ------------------------------------------------------------------------ entry points
 def train(cfg: Config) -> Path:
     run_dir = create_run_dir(cfg)
@@ -401,7 +542,8 @@ def train(cfg: Config) -> Path:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise BuildFailed(describe_build_failure(cfg, e)) from e
         print(f"run directory: {run_dir}", file=sys.stderr)
-        return trainer.run()
+        with crash_reported(run_dir):
+            return trainer.run()
     finally:
         trainer.stop()
 
@@ -445,8 +587,10 @@ def resume(run_dir: Path) -> Path:
     print(f"resuming {run_dir} from {ckpt.name} (env step {state.env_steps})", file=sys.stderr)
     trainer = Trainer(cfg, run_dir, state)
     try:
-        trainer.build(resume_from=ckpt)
-        return trainer.run()
+        with crash_reported(run_dir, "resuming the run"):
+            trainer.build(resume_from=ckpt)
+        with crash_reported(run_dir):
+            return trainer.run()
     finally:
         trainer.stop()
 

@@ -107,3 +107,39 @@ def test_actions_outside_an_agents_own_space_never_reach_the_env():
         obs, _, term, trunc, _ = env.step({"team_0": env.action_spaces["team_0"].sample()})
         if term["__all__"] or trunc["__all__"]:
             env.reset(seed=1)
+
+
+def _nan_obs_env(mode: str) -> TeamEnv:
+    from tests import toy_envs
+
+    toy_envs.CountingEnv.steps_taken = 0
+    return TeamEnv({"import": "tests.toy_envs:nan_obs_env", "kwargs": {"nan_at": 3}, "nonfinite": mode})
+
+
+def test_a_nan_observation_raises_naming_env_agent_key_and_step():
+    from envs.errors import NonFiniteOutput
+
+    env = _nan_obs_env("error")
+    env.reset(seed=0)
+    act = {"team_0": np.zeros(2, np.int64)}
+    env.step(act)
+    env.step(act)
+    with pytest.raises(NonFiniteOutput, match=r"^env 'tests.toy_envs:nan_obs_env' returned nan in agent 'agent_1's observation at step 3 of an episode$"):
+        env.step(act)
+
+
+def test_with_end_episode_a_nan_observation_truncates_the_episode_with_zeros_and_says_so():
+    from envs.adapter import NONFINITE_INFO
+
+    env = _nan_obs_env("end_episode")
+    env.reset(seed=0)
+    act = {"team_0": np.zeros(2, np.int64)}
+    for _ in range(2):
+        _, _, term, trunc, info = env.step(act)
+        assert not trunc["__all__"] and NONFINITE_INFO not in info["team_0"]
+    obs, rew, term, trunc, info = env.step(act)
+    assert trunc["__all__"] and not term["__all__"]
+    assert info["team_0"][NONFINITE_INFO] == "agent_1 observation"
+    assert np.isfinite(obs["team_0"]["obs"]).all() and obs["team_0"]["obs"][1, 0] == 0.0
+    assert np.isfinite(obs["team_0"]["state"]).all()
+    assert obs["team_0"]["obs"][0, 0] == pytest.approx(0.3)  # agent_0's own values are kept

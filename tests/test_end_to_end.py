@@ -1,5 +1,6 @@
 """End to end through run.py and RLlib: train -> checkpoint -> evaluate -> resume, a run
-killed with SIGKILL that resumes where it left off, and a diverging run that stops cleanly."""
+killed with SIGKILL that resumes where it left off, and a run whose env turns NaN that stops
+cleanly."""
 
 from __future__ import annotations
 
@@ -183,14 +184,16 @@ def test_sigkill_then_resume_continues_counters_optimizer_and_schedules(tmp_path
     assert json.loads((final / "run_state.json").read_text())["env_steps"] == 8000
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+def test_nan_reward_stops_at_the_adapter_and_keeps_last_good_checkpoint(tmp_path):
+    # Caught where it enters (envs/adapter.py), before it can become a non-finite loss.
     proc = run_cli(
         "train", *TINY, "env.import=tests.toy_envs:nan_reward_env", "env.kwargs={nan_after: 1300}",
         "train.total_env_steps=4000", "train.checkpoint_every=1", f"output_dir={tmp_path}",
     )
     assert proc.returncode == 1
     err = proc.stderr.strip().splitlines()[-1]
-    assert err.startswith("error: non-finite loss or weights at iteration 4")
+    assert err.startswith("error: env 'tests.toy_envs:nan_reward_env' returned nan in agent 'agent_0's reward at step ")
+    assert "(iteration 4); training stopped; the last good checkpoint is" in err
     run_dir = next(tmp_path.iterdir())
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert names == ["iter_000001", "iter_000002", "iter_000003"]

@@ -4,7 +4,10 @@
   counts (2, 3, 4); agent_1 publishes an action mask in its info, agent_2 uses PettingZoo's
   Dict(observation, action_mask) convention; agent_2 dies after step 2. No ``state()``.
 - ``NanRewardEnv``: simple_spread whose rewards turn NaN after a number of steps in this
-  process, to test that a diverging run stops and keeps its last good checkpoint.
+  process, to test that the run stops at the adapter and keeps its last good checkpoint.
+- ``FlakyEnv`` (``flaky_env``): raises at a set step of the process (or at every step from
+  it on); ``NanObsEnv`` (``nan_obs_env``): one NaN observation at a set step. Their
+  observations carry the episode's serial, so a test can tell which episode a step came from.
 """
 
 from __future__ import annotations
@@ -198,3 +201,94 @@ class FeatureEnv(ParallelEnv):
         if done:
             self.agents = []
         return ({"a": np.full(2, 0.1, np.float32)}, {"a": 0.0}, {"a": done}, {"a": False}, {"a": {}})
+
+
+class CountingEnv(ParallelEnv):
+    """Two agents whose observation is [t / max_steps, episode serial]: the serial (a count of
+    resets in this process) tells which episode a step in a batch came from. Rewards pay action
+    1. The process-wide step count (``steps_taken``) drives the faults of the subclasses."""
+
+    metadata = {"name": "counting_env"}
+    steps_taken = 0
+    episodes_started = 0
+
+    def __init__(self, max_steps: int = 10):
+        self.possible_agents = ["agent_0", "agent_1"]
+        self.max_steps = max_steps
+        self.serial = 0
+
+    def observation_space(self, agent):
+        return spaces.Box(-1e9, 1e9, (2,), np.float32)
+
+    def action_space(self, agent):
+        return spaces.Discrete(2)
+
+    def _obs(self):
+        return {a: np.array([self.t / self.max_steps, self.serial], np.float32) for a in self.agents}
+
+    def reset(self, seed=None, options=None):
+        CountingEnv.episodes_started += 1
+        self.serial = CountingEnv.episodes_started
+        self.agents = list(self.possible_agents)
+        self.t = 0
+        return self._obs(), {a: {} for a in self.agents}
+
+    def step(self, actions):
+        CountingEnv.steps_taken += 1
+        self.fault()
+        self.t += 1
+        rewards = {a: float(actions.get(a, 0)) for a in self.agents}
+        obs = self._obs()
+        done = self.t >= self.max_steps
+        truncs = {a: done for a in self.agents}
+        terms = {a: False for a in self.agents}
+        if done:
+            self.agents = []
+        return self.tamper(obs, rewards), rewards, terms, truncs, {a: {} for a in self.possible_agents}
+
+    def fault(self) -> None:
+        pass
+
+    def tamper(self, obs, rewards):
+        return obs
+
+
+class FlakyEnv(CountingEnv):
+    """Raises once, at the ``fail_at``-th step of this process, like a simulator that drops its
+    connection; remembers the serial of the episode it broke (``broken``)."""
+
+    broken: list[int] = []
+
+    def __init__(self, fail_at: int, always: bool = False):
+        super().__init__()
+        self.fail_at, self.always = fail_at, always
+
+    def fault(self) -> None:
+        if CountingEnv.steps_taken == self.fail_at or (self.always and CountingEnv.steps_taken >= self.fail_at):
+            FlakyEnv.broken.append(self.serial)
+            raise RuntimeError(f"simulator connection lost at step {CountingEnv.steps_taken}")
+
+
+def flaky_env(fail_at: int = 250, always: bool = False):
+    return FlakyEnv(fail_at, always)
+
+
+class NanObsEnv(CountingEnv):
+    """agent_1's observation is NaN at the ``nan_at``-th step of this process (once); the
+    serial of that episode is kept in ``tampered``."""
+
+    tampered: list[int] = []
+
+    def __init__(self, nan_at: int):
+        super().__init__()
+        self.nan_at = nan_at
+
+    def tamper(self, obs, rewards):
+        if CountingEnv.steps_taken == self.nan_at and "agent_1" in obs:
+            obs["agent_1"] = np.array([np.nan, self.serial], np.float32)
+            NanObsEnv.tampered.append(self.serial)
+        return obs
+
+
+def nan_obs_env(nan_at: int = 250):
+    return NanObsEnv(nan_at)

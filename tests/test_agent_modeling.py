@@ -103,7 +103,9 @@ def _batch(env, team, b=8, seed=1):
 
 
 # Recorded at commit 450fe8b, before agent modelling existed: MAPPO's module on simple_spread
-# built under torch seed 0, and its PPO loss on _batch(seed=1) (same draws as then).
+# built under torch seed 0, and its PPO loss on the batch below (same draws as then). The
+# orthogonal initialisation's QR differs in the last bits with the thread count and the CPU,
+# hence the tolerances (far below what any change of layer, input or loss term moves).
 BEFORE_PARAM_SUM = -26.43385710888731
 BEFORE_LOSS = 0.4547036588191986
 
@@ -113,7 +115,7 @@ def test_off_switch_is_exactly_the_learner_without_agent_modeling():
     module, env, team = _module(["model.agent_modeling=null"])
     assert not module.models_agents and not hasattr(module, "agent_model")
     assert len(list(module.parameters())) == 12
-    assert float(sum(p.double().sum() for p in module.parameters())) == pytest.approx(BEFORE_PARAM_SUM, abs=1e-9)
+    assert float(sum(p.detach().double().sum() for p in module.parameters())) == pytest.approx(BEFORE_PARAM_SUM, rel=1e-5)
     g = torch.Generator().manual_seed(1)
     b = 8
     batch = {
@@ -127,7 +129,7 @@ def test_off_switch_is_exactly_the_learner_without_agent_modeling():
     }
     loss, _ = joint_ppo_loss(module, batch, module.forward_train(batch), clip_param=0.2, vf_loss_coeff=1.0,
                              entropy_coeff=0.01)
-    assert float(loss) == pytest.approx(BEFORE_LOSS, abs=1e-7)
+    assert float(loss) == pytest.approx(BEFORE_LOSS, rel=1e-4)
 
 
 def test_representation_is_appended_to_actor_and_critic_and_exists_at_the_first_step():

@@ -3,7 +3,8 @@
 Envs with scripted others of several behaviour types report the episode's type in the infos
 (``type``, envs/adapter.py TYPE_INFO; evaluation only). The probe rolls out episodes with the
 team's current policy, records the representation z_t each step acted with, and fits a
-multinomial logistic regression from z_t to the type at each step t, on 70% of the episodes,
+multinomial logistic regression (on standardised features) from z_t to the type at each step t,
+on 70% of the episodes,
 scored on the other 30% (Ma et al. 2024 evaluate CLAM's representations with such a probe).
 Accuracy against t shows how fast the representation identifies the type; chance is
 1 / (number of types).
@@ -83,6 +84,8 @@ def probe_curve(z: np.ndarray, valid: np.ndarray, types: np.ndarray, steps=PROBE
     that every probed episode reached. Episodes, not steps, are split (70/30, stratified)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     keep = types >= 0
     z, valid, types = z[keep], valid[keep], types[keep]
@@ -99,7 +102,9 @@ def probe_curve(z: np.ndarray, valid: np.ndarray, types: np.ndarray, steps=PROBE
         if t > valid.shape[1] or not valid[:, t - 1].all():
             continue
         x = z[:, t - 1, agent]
-        clf = LogisticRegression(max_iter=2000).fit(x[train], types[train])
+        # Standardised first: unit-norm representations vary little per coordinate, and an
+        # unscaled, regularised probe would predict one class everywhere.
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[train], types[train])
         curve[t] = float((clf.predict(x[test]) == types[test]).mean())
     return curve
 

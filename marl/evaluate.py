@@ -16,9 +16,10 @@ import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.spaces.space_utils import unsquash_action
 
+from envs.errors import NonFiniteOutput
 from marl.checkpoints import check_team_fits, load_checkpoint
 from marl.config import build_env
-from marl.errors import UserError
+from marl.errors import EnvOutputNotFinite, UserError
 
 
 def _batch(obs: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -46,6 +47,16 @@ def evaluate(
             if hasattr(module, "decentralize"):  # scripted teams have no graph
                 module.decentralize()
     torch.manual_seed(seed)
+    try:
+        return _episodes(env, modules, ckpt, episodes, deterministic, seed, decentralized)
+    except NonFiniteOutput as e:  # as in training: one line, not a traceback
+        raise EnvOutputNotFinite(f"evaluation stopped: {e}") from None
+    finally:
+        env.close()
+
+
+def _episodes(env, modules, ckpt: Path, episodes: int, deterministic: bool, seed: int,
+              decentralized: bool) -> dict[str, Any]:
     returns: dict[str, list[float]] = {t: [] for t in env.teams}
     lengths, wins = [], []
     for ep in range(episodes):
@@ -74,7 +85,6 @@ def evaluate(
         lengths.append(length)
         if won is not None:
             wins.append(won)
-    env.close()
 
     # As in training: the episode return sums every agent's reward (one team: the team return).
     total = np.sum([returns[t] for t in env.teams], axis=0)

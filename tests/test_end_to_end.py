@@ -204,6 +204,11 @@ def test_nan_reward_stops_at_the_adapter_and_keeps_last_good_checkpoint(tmp_path
 
     module = RLModule.from_checkpoint(str(run_dir / "checkpoints" / "iter_000003" / "learner_group" / "learner" / "rl_module" / "team_0"))
     assert all(torch.isfinite(p).all() for p in module.parameters())
+    # Evaluation meets the same env output: one line too (the NaN comes after 1300 steps).
+    ev = run_cli("evaluate", str(run_dir), "--episodes", "60")
+    assert ev.returncode == 1 and "Traceback" not in ev.stderr
+    assert ev.stderr.strip().splitlines()[-1].startswith(
+        "error: evaluation stopped: env 'tests.toy_envs:nan_reward_env' returned nan in agent 'agent_0's reward")
 
 
 def test_ippo_is_a_config_switch(tmp_path):

@@ -27,12 +27,19 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="run.py", description="Multi-agent RL on Ray RLlib's new API stack.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    # Commands that start Ray: a private local instance, unless told to join a cluster.
+    ray_opts = _Parser(add_help=False)
+    ray_opts.add_argument(
+        "--address", metavar="auto|HOST:PORT",
+        help="join this running Ray cluster (also: RAY_ADDRESS); default: a private local Ray "
+        "instance that ignores any other cluster on the machine",
+    )
 
-    t = sub.add_parser("train", help="train a team from a config; prints the run directory last")
+    t = sub.add_parser("train", parents=[ray_opts], help="train a team from a config; prints the run directory last")
     t.add_argument("config", nargs="?", help="YAML config (default: configs/default.yaml)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algo.lr=3e-4 seed=1")
 
-    r = sub.add_parser("resume", help="continue a run from its last checkpoint")
+    r = sub.add_parser("resume", parents=[ray_opts], help="continue a run from its last checkpoint")
     r.add_argument("run_dir", type=Path)
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint (or a run directory's latest)")
@@ -56,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     a = sub.add_parser(
-        "attack",
+        "attack", parents=[ray_opts],
         help="train an attacker against a trained team (if the adversary trains), then evaluate "
         "clean vs attacked on paired seeds; prints the run directory last",
     )
@@ -105,7 +112,7 @@ def _split_train_args(config: str | None, overrides: list[str]) -> tuple[str | N
 def _cmd_train(args) -> int:
     from marl.config import load_config
 
-    config, overrides = _split_train_args(args.config, args.overrides)
+    config, overrides = _split_train_args(args.config, [*args.overrides, *args.extra])
     cfg = load_config(config, overrides)
     from marl.train import train
 
@@ -202,6 +209,7 @@ def _cmd_detect(args) -> int:
     return 0
 
 
+TAKES_OVERRIDES = {"train", "attack"}  # positionals after an option arrive as extras
 COMMANDS = {
     "train": _cmd_train, "resume": _cmd_resume, "evaluate": _cmd_evaluate, "attack": _cmd_attack,
     "report": _cmd_report, "detect": _cmd_detect,
@@ -215,10 +223,13 @@ def main(argv: list[str] | None = None) -> int:
         parser = _parser()
         args, extra = parser.parse_known_args(argv)
         # argparse matches positionals once, before an option: `attack VICTIM --adversary X
-        # CONFIG k=v` leaves CONFIG and k=v as extras, which only `attack` takes.
-        if extra and (args.command != "attack" or any(x.startswith("-") for x in extra)):
+        # CONFIG k=v` or `train CONFIG --address A k=v` leaves the rest as extras, which only
+        # the commands that take overrides take.
+        if extra and (args.command not in TAKES_OVERRIDES or any(x.startswith("-") for x in extra)):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.extra = extra
+        if getattr(args, "address", None):
+            os.environ["RAY_ADDRESS"] = args.address  # read by marl.train.init_ray
         return COMMANDS[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

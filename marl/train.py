@@ -155,17 +155,29 @@ def read_rng_state(ckpt: Path) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------------------- trainer
 def init_ray() -> None:
+    """Start Ray for a run, or join the cluster the user named.
+
+    By default a run starts its own private Ray instance (``address="local"``) and ignores any
+    other Ray cluster on the machine, including the stale pointer ``ray start`` leaves behind.
+    ``RAY_ADDRESS`` (set by ``run.py ... --address``, and by Ray Jobs inside a submitted job)
+    joins that cluster instead: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``."""
     import ray
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        ray.init(
-            num_cpus=os.cpu_count(),
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-            configure_logging=True,
-        )
+        quiet = dict(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+        address = os.environ.get("RAY_ADDRESS") or None
+        if address is None:
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
+        else:
+            try:
+                ray.init(address=address, **quiet)
+            except ConnectionError as e:
+                raise UserError(
+                    f"--address/RAY_ADDRESS '{address}': no Ray cluster could be joined there "
+                    f"({describe_exception(e)}); start one with `ray start --head`, or leave "
+                    "--address and RAY_ADDRESS unset to run on a private local Ray instance"
+                ) from None
     for name in ("ray", "ray.rllib"):  # RLlib sets its own level; keep the terminal quiet
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -530,6 +542,7 @@ def crash_reported(run_dir: Path, what: str = "training") -> Iterator[None]:
 
 # ------------------------------------------------------------------------ entry points
 def train(cfg: Config) -> Path:
+    init_ray()  # before the run directory: a cluster that cannot be joined leaves nothing behind
     run_dir = create_run_dir(cfg)
     (run_dir / "plots").mkdir()
     write_config(cfg, run_dir / "config.yaml")

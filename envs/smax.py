@@ -8,10 +8,22 @@ SMAC-like maps such as ``3m`` and ``2s3z``. Install extra: ``.[smax]``.
 - The env's functions are jitted once per process and shared by every copy, so the compile
   cost is paid once, not per step or per copy.
 - Per agent: SMAX's observation, its avail-actions as ``info["action_mask"]``, and death as
-  termination. ``state()`` is SMAX's world state. Rewards, deaths and outcomes are
+  termination. ``state()`` is SMAX's world state, rescaled (``world_state``, below). Rewards,
+  deaths and outcomes are
   translated by ``envs.battle``, as for SMACv2: the team reward (the same for every ally) is
   paid once, so a team return is SMAX's return. When the battle ends, every agent's info
   carries ``battle_won`` (all enemies dead while an ally lives); a time-out is a truncation.
+
+World state. SMAX's own ``get_world_state`` holds raw map positions (0 to 32), the raw weapon
+cooldown timer (which keeps falling while a unit holds fire: about -50 after a 100-step
+episode) and unit-type indices, next to features in [0, 1]. Fed as is, they saturate a tanh
+critic's first layer (72% of a fresh critic's units past |tanh| > 0.99 on 3m; benchmarks
+BENCHMARKS.md, issue 12). ``world_state="normalized"`` (the default) keeps SMAX's layout and
+size and rescales as SMAC's own state does (Samvelyan et al. 2019, ``get_state``): per unit
+health / max health, position (x - W/2) / (W/2) and (y - H/2) / (H/2), the cooldown as a
+fraction of the unit type's, clipped to [0, 1] (as SMAX's observations do), the unit type
+one-hot, zeros for a dead unit; then every unit's team, and its type index / (types - 1).
+``world_state="raw"`` is SMAX's state unchanged (checkpoints trained before the change).
 """
 
 from __future__ import annotations
@@ -43,8 +55,11 @@ def _silenced_stdout():
         sys.stdout = saved_obj
 
 
+WORLD_STATES = ("normalized", "raw")
+
+
 @functools.cache
-def _compiled(map_name: str, platform: str, kwargs_items: tuple):
+def _compiled(map_name: str, platform: str, world_state: str, kwargs_items: tuple):
     os.environ.setdefault("JAX_PLATFORMS", platform)
     # One env per call is tiny work: XLA's own thread pool would only contend with the envs.
     os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
@@ -57,11 +72,27 @@ def _compiled(map_name: str, platform: str, kwargs_items: tuple):
     env = HeuristicEnemySMAX(scenario=map_name_to_scenario(map_name), **dict(kwargs_items))
 
     agents = env.agents
+    n_types = env.unit_type_bits
+    half = jnp.array([env.map_width, env.map_height], jnp.float32) / 2
 
-    def pack(obs, avail):
+    def normalized_state(inner):
+        """SMAX's world-state layout, every feature in [-1, 1] (module docstring)."""
+        types = inner.unit_types
+        health = inner.unit_health / env.unit_type_health[types]
+        pos = (inner.unit_positions - half) / half
+        cooldown = jnp.clip(inner.unit_weapon_cooldowns / env.unit_type_weapon_cooldowns[types], 0.0, 1.0)
+        units = jnp.concatenate(
+            [health[:, None], pos, cooldown[:, None], jax.nn.one_hot(types, n_types)], axis=-1
+        ) * inner.unit_alive[:, None]
+        return jnp.concatenate(
+            [units.reshape(-1), inner.unit_teams.astype(jnp.float32), types / max(n_types - 1, 1)]
+        )
+
+    def pack(obs, avail, state):
+        ws = normalized_state(state.state) if world_state == "normalized" else obs["world_state"]
         return (
             jnp.stack([obs[a] for a in agents]),
-            obs["world_state"],
+            ws,
             jnp.stack([avail[a] for a in agents]),
         )
 
@@ -79,12 +110,12 @@ def _compiled(map_name: str, platform: str, kwargs_items: tuple):
             jnp.stack([dones[a] for a in agents]),
             dones["__all__"], won, timeout,
         )
-        return key, state, pack(obs, env.get_avail_actions(state)), out
+        return key, state, pack(obs, env.get_avail_actions(state), state), out
 
     def reset(key):
         key, sub = jax.random.split(key)
         obs, state = env.reset(sub)
-        return key, state, pack(obs, env.get_avail_actions(state))
+        return key, state, pack(obs, env.get_avail_actions(state), state)
 
     return env, jax.jit(reset), jax.jit(step)
 
@@ -92,8 +123,15 @@ def _compiled(map_name: str, platform: str, kwargs_items: tuple):
 class SmaxParallelEnv(BattleParallelEnv):
     metadata = {"name": "smax_v0"}
 
-    def __init__(self, map_name: str = "smacv2_5_units", platform: str = "cpu", **smax_kwargs):
-        self._env, self._reset, self._step = _compiled(map_name, platform, tuple(sorted(smax_kwargs.items())))
+    def __init__(
+        self, map_name: str = "smacv2_5_units", platform: str = "cpu", world_state: str = "normalized",
+        **smax_kwargs,
+    ):
+        if world_state not in WORLD_STATES:
+            raise ValueError(f"world_state must be one of {WORLD_STATES} (got {world_state!r})")
+        self._env, self._reset, self._step = _compiled(
+            map_name, platform, world_state, tuple(sorted(smax_kwargs.items()))
+        )
         import jax
 
         self._jax = jax

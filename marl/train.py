@@ -82,6 +82,7 @@ LEARNER_KEYS = {
     "entropy": "entropy",
     "approx_kl": "approx_kl",
     "clip_fraction": "clip_fraction",
+    "vf_explained_var": "vf_explained_var",
     "total_loss": "total_loss",
     "default_optimizer_learning_rate": "lr",
     "curr_entropy_coeff": "entropy_coeff",

@@ -214,3 +214,22 @@ def test_unexecuted_actions_leave_the_surrogate_and_nothing_else():
     _, ref_stats = joint_ppo_loss(m, ref, m.forward_train(ref), **KW)
     assert torch.allclose(stats[ENTROPY_KEY], ref_stats[ENTROPY_KEY])
     assert torch.allclose(stats[VF_LOSS_KEY], ref_stats[VF_LOSS_KEY])
+
+
+def test_explained_variance_of_the_critic_is_reported():
+    """``vf_explained_var`` = 1 - Var[target - v] / Var[target] on normalised targets: 1 for a
+    perfect critic, 0 for a constant one."""
+    b = 64
+    m = make_module({"mode": "empty"})
+    obs = make_obs(b=b)
+    with torch.no_grad():
+        out = m.forward_exploration({Columns.OBS: obs})
+    batch = _batch(m, obs, out, b)
+    fwd = m.forward_train(batch)
+    targets = m.value_norm.normalize(batch[Postprocessing.VALUE_TARGETS].reshape(b, 1))
+    _, perfect = joint_ppo_loss(m, batch, {**fwd, Columns.VF_PREDS: targets.clone()}, **KW)
+    _, constant = joint_ppo_loss(m, batch, {**fwd, Columns.VF_PREDS: torch.full((b, 1), 0.3)}, **KW)
+    _, noisy = joint_ppo_loss(m, batch, {**fwd, Columns.VF_PREDS: targets + targets.std() * torch.randn(b, 1)}, **KW)
+    assert float(perfect["vf_explained_var"]) == pytest.approx(1.0, abs=1e-6)
+    assert float(constant["vf_explained_var"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(noisy["vf_explained_var"]) < 0.5

@@ -90,3 +90,50 @@ def test_smax_team_reward_is_paid_once():
         acts = {a: int(rng.choice(np.nonzero(infos[a]["action_mask"])[0])) for a in env.agents}
         _, rew, _, _, infos = env.step(acts)
         assert sum(1 for r in rew.values() if r != 0.0) <= 1
+
+
+def _raw_world_state(env):
+    return np.asarray(env._jax.device_get(env._env.get_world_state(env._state)), np.float32)
+
+
+def test_smax_world_state_is_smax_state_rescaled_into_unit_range():
+    """SMAX's own world state holds raw map positions and a cooldown timer that falls without
+    bound; ``state()`` rescales them as SMAC's state does (envs/smax.py) and keeps the layout."""
+    from envs.smax import SmaxParallelEnv
+
+    env, raw_env = SmaxParallelEnv("3m"), SmaxParallelEnv("3m", world_state="raw")
+    n_units, n_types, half = 6, 6, 16.0  # 3m: 3 + 3 marines on a 32 x 32 map
+    rng = np.random.default_rng(2)
+    _, infos = env.reset(seed=2)
+    raw_env.reset(seed=2)
+    raw_max = 0.0
+    for _ in range(150):
+        if not env.agents:
+            _, infos = env.reset()
+            raw_env.reset()
+        state, raw = env.state(), _raw_world_state(env)
+        np.testing.assert_array_equal(raw_env.state(), _raw_world_state(raw_env))
+        raw_max = max(raw_max, float(np.abs(raw).max()))
+        assert state.shape == raw.shape == (n_units * (4 + n_types) + 2 * n_units,)
+        assert np.abs(state).max() <= 1.0
+        units, want = raw[: n_units * 10].reshape(n_units, 10), state[: n_units * 10].reshape(n_units, 10)
+        alive = units[:, 0] > 0
+        np.testing.assert_allclose(want[:, 0], units[:, 0], atol=1e-6)  # health fraction
+        np.testing.assert_allclose(want[alive, 1:3], (units[alive, 1:3] - half) / half, atol=1e-5)
+        np.testing.assert_allclose(want[alive, 3], np.clip(units[alive, 3] / 0.61, 0, 1), atol=1e-5)
+        np.testing.assert_array_equal(want[:, 4:], units[:, 4:])  # type one-hot
+        np.testing.assert_array_equal(want[~alive], 0.0)
+        np.testing.assert_array_equal(state[n_units * 10:], raw[n_units * 10:] / np.r_[[1] * n_units, [n_types - 1] * n_units])
+        acts = {a: int(rng.choice(np.nonzero(infos[a]["action_mask"])[0])) for a in env.agents}
+        _, _, _, _, infos = env.step(acts)
+        raw_env.step(acts)
+    assert raw_max > 10  # the raw state does hold features far outside [-1, 1]
+
+
+def test_smax_unknown_world_state_is_a_config_error(tmp_path, capsys):
+    from tests.test_bad_input import run_main
+
+    code, lines = run_main(capsys, ["train", "configs/env/smax_3m.yaml", "env.kwargs.world_state=rescaled",
+                                    f"output_dir={tmp_path}/r"])
+    assert code == 2 and lines[0].startswith("error: config key 'env.kwargs'") and "world_state" in lines[0]
+    assert not (tmp_path / "r").exists()

@@ -276,12 +276,18 @@ def joint_ppo_loss(
     with torch.no_grad():
         approx_kl = ((ratio - 1) - log_ratio).sum() / n_acted  # 0 at masked slots
         clip_frac = torch.where(acted, (ratio - 1).abs() > clip_param, False).float().sum() / n_acted
+        # Explained variance of the (normalised) value targets, 1 - Var[y - v] / Var[y]: 1 is a
+        # perfect critic, 0 no better than a constant.
+        real = v_mask.expand_as(targets) > 0
+        y, err = targets[real], (targets - preds)[real]
+        explained_var = 1 - err.var(unbiased=False) / y.var(unbiased=False).clamp(min=1e-8) if y.numel() > 1 else y.new_zeros(())
     stats: dict[str, Any] = {
         POLICY_LOSS_KEY: policy_loss,
         VF_LOSS_KEY: vf_loss,
         ENTROPY_KEY: mean_entropy,
         "approx_kl": approx_kl,
         "clip_fraction": clip_frac,
+        "vf_explained_var": explained_var,
     }
     if density is not None and DAG_DENSITY in fwd_out:
         # Density term α · E_b |ρ_b − τ| (Chen & Zhang 2023, eq. 9, with ρ per sampled graph):

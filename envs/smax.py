@@ -23,7 +23,8 @@ size and rescales as SMAC's own state does (Samvelyan et al. 2019, ``get_state``
 health / max health, position (x - W/2) / (W/2) and (y - H/2) / (H/2), the cooldown as a
 fraction of the unit type's, clipped to [0, 1] (as SMAX's observations do), the unit type
 one-hot, zeros for a dead unit; then every unit's team, and its type index / (types - 1).
-``world_state="raw"`` is SMAX's state unchanged (checkpoints trained before the change).
+``world_state="raw"`` is SMAX's state unchanged. Only critics read the state, so a team trained
+on the raw state acts the same under either; resuming its training needs ``world_state: raw``.
 """
 
 from __future__ import annotations

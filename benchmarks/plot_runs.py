@@ -64,11 +64,16 @@ def main() -> None:
     for k, run in enumerate(args.runs):
         pts = load(run, args.metric)
         label = args.labels[k] if args.labels else run.name
+        if not pts:  # e.g. a metric added after the run was made
+            print(f"{run}: no '{args.metric}' in metrics.jsonl; left out", file=sys.stderr)
+            continue
         ax.plot(*zip(*pts, strict=True), label=label)
         summary[label] = final_and_max(pts)
     for k, (label, *runs) in enumerate(args.group):
         color = f"C{(len(args.runs) + k) % 10}"
         curves = [load(Path(r), args.metric) for r in runs]
+        if not all(curves):
+            p.error(f"group '{label}': a run has no '{args.metric}' in metrics.jsonl")
         end = max(c[-1][0] for c in curves)
         grid = np.linspace(0, end, 201)
         ys = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,7 @@ from marl.defenses import defense_for
 from marl.learners import JointPPOLearner
 from marl.modules import JointPolicyModule
 from marl.modules.scripted import ScriptedTeamModule
-from marl.runners import MAX_FAULTS_KEY, FaultTolerantEnvRunner
+from marl.runners import MAX_FAULTS_KEY, REPORT_KEY, FaultTolerantEnvRunner
 
 
 def _team_of(agent_id, episode=None, **kwargs):
@@ -154,7 +155,11 @@ def build_ppo(
             num_epochs=a.num_epochs,
             use_kl_loss=False,
             kl_coeff=0.0,
-            learner_config_dict={**(learner_config or {}), MAX_FAULTS_KEY: r.max_env_faults_per_iteration},
+            learner_config_dict={
+                **(learner_config or {}),
+                MAX_FAULTS_KEY: r.max_env_faults_per_iteration,
+                REPORT_KEY: f"marl-env-fault-limit-{uuid.uuid4().hex}",  # this run's own
+            },
         )
         .callbacks(WinRateCallback, on_algorithm_init=on_algorithm_init or NotProvided)
         .debugging(seed=cfg.seed, log_level="ERROR")

@@ -180,6 +180,10 @@ def init_ray() -> None:
                 ) from None
     for name in ("ray", "ray.rllib"):  # RLlib sets its own level; keep the terminal quiet
         logging.getLogger(name).setLevel(logging.ERROR)
+    # A lost remote EnvRunner: the Trainer reports it in one line (env_runners_lost, or the
+    # fault limit it hit); RLlib's actor manager would add tracebacks, some of them of the
+    # exception the run is stopping with.
+    logging.getLogger("ray.rllib.utils.actor_manager").setLevel(logging.CRITICAL)
 
 
 def _finite(x: Any) -> bool:
@@ -288,10 +292,11 @@ class Trainer:
     def _train_iteration(self, last_ckpt: Path | None) -> dict[str, Any]:
         """``Algorithm.train()``; the env failures it cannot recover from become one line."""
         from envs.errors import NonFiniteOutput
+        from marl.runners import REPORT_KEY, pop_remote_fault_limit
 
         env = f"env '{getattr(self.cfg.env, 'import_', '?')}'"
         try:
-            return self.algo.train()
+            result = self.algo.train()
         except Exception as e:
             cause = _cause(e, (NonFiniteOutput, EnvFaultsExceeded))
             if isinstance(cause, NonFiniteOutput):
@@ -307,6 +312,14 @@ class Trainer:
                     f"training stopped; {_last_good(last_ckpt)}"
                 ) from e
             raise
+        # A remote runner past the limit was restarted by RLlib; it left its line behind.
+        remote = pop_remote_fault_limit((self.algo.config.learner_config_dict or {}).get(REPORT_KEY))
+        if remote is not None:
+            raise EnvFaultsExceeded(
+                f"{env} keeps failing: {remote} (iteration {self.state.iteration + 1}); "
+                f"training stopped; {_last_good(last_ckpt)}"
+            )
+        return result
 
     def _pop_fault_lines(self) -> list[str]:
         """The faults each EnvRunner saw since last asked (marl/runners.py)."""

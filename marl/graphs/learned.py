@@ -156,9 +156,9 @@ class LearnedDAG(nn.Module):
         self.edge_freq.mul_(momentum).add_(self.batch_edge_freq * (1 - momentum))
         flat = hard.reshape(hard.shape[0], -1)
         counts = graph_counts(flat)
-        top = counts.argmax()
-        self.batch_mode_share = counts[top] / flat.shape[0]
-        self.mode_graph.copy_(flat[top].reshape(self.n, self.n))
+        top = counts.argmax().reshape(1)  # a tensor index: indexing by a 0-d tensor reads it back
+        self.batch_mode_share = counts.max() / flat.shape[0]
+        self.mode_graph.copy_(flat.index_select(0, top).reshape(self.n, self.n))
         self.mode_share.copy_(self.batch_mode_share)
 
 

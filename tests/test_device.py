@@ -75,8 +75,10 @@ def build(graph, critic, actions, clam) -> JointPolicyModule:
                         action_space=action_space, model_config=mc).build()
 
 
-def batch_for(module: JointPolicyModule, b: int = 32) -> dict:
-    """A learner minibatch as RLlib hands it over (on CPU; moved by the test)."""
+def batch_for(module: JointPolicyModule, b: int = 32, padded: bool = False) -> dict:
+    """A learner minibatch as RLlib hands it over (on CPU; moved by the test). ``padded``: with
+    the loss mask RLlib adds when it zero-pads sequences (absent for these feed-forward
+    modules)."""
     g = torch.Generator().manual_seed(1)
     obs = {"obs": torch.randn(b, N, D, generator=g), "state": torch.randn(b, S, generator=g),
            "action_mask": torch.ones(b, N, 4), "alive": torch.ones(b, N)}
@@ -86,10 +88,11 @@ def batch_for(module: JointPolicyModule, b: int = 32) -> dict:
         obs["history_len"] = torch.full((b, 1), float(HIST_T))
     with torch.no_grad():
         acted = module.forward_exploration({Columns.OBS: obs})
-    batch = {Columns.OBS: obs, Columns.LOSS_MASK: torch.ones(b, dtype=torch.bool),
-             Postprocessing.ADVANTAGES: torch.randn(b, generator=g),
+    batch = {Columns.OBS: obs, Postprocessing.ADVANTAGES: torch.randn(b, generator=g),
              Postprocessing.VALUE_TARGETS: torch.randn(b, *(() if module.centralized else (N,)), generator=g)}
-    batch[Columns.LOSS_MASK][-2:] = False  # padding rows, as RLlib's zero-padding leaves them
+    if padded:
+        batch[Columns.LOSS_MASK] = torch.ones(b, dtype=torch.bool)
+        batch[Columns.LOSS_MASK][-2:] = False  # padding rows
     for key in (Columns.ACTIONS, Columns.ACTION_DIST_INPUTS, AGENT_REPR, *DAG_NOISE.values()):
         if key in acted:
             batch[key] = acted[key]
@@ -127,7 +130,7 @@ def test_update_runs_on_a_non_cpu_device_without_host_reads(case):
     and an Adam step, all on ``meta``: a CPU tensor mixed in, or a value read on the host,
     raises."""
     module = build(*CASES[case])
-    batch = to_meta(batch_for(module))
+    batch = to_meta(batch_for(module, padded=case == "ippo"))
     module = module.to("meta")
     optimizer = torch.optim.Adam(module.parameters())
     fwd = module.forward_train(batch)

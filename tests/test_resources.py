@@ -82,6 +82,7 @@ def test_gpu_env_runners_need_remote_runners():
         load_config(ROOT / "configs" / "base.yaml", ["runners.num_gpus_per_env_runner=1"])
 
 
+@pytest.mark.slow
 def test_train_asking_for_a_gpu_on_this_cluster_exits_2_with_one_line(tmp_path):
     """End to end through run.py: Ray starts, the check runs before the Algorithm is built, and
     the run directory the command made is gone."""

@@ -123,6 +123,7 @@ def build_ppo(
         .env_runners(
             num_env_runners=r.num_env_runners,
             num_envs_per_env_runner=r.num_envs_per_env_runner,
+            num_gpus_per_env_runner=r.num_gpus_per_env_runner,
             rollout_fragment_length="auto",
             env_runner_cls=FaultTolerantEnvRunner,
         )
@@ -131,7 +132,9 @@ def build_ppo(
         .fault_tolerance(restart_failed_sub_environments=True, restart_failed_env_runners=True)
         .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
         .learners(
-            num_learners=0,
+            # num_learners: 0 is RLlib's local Learner in the driver; it trains on a GPU of
+            # this machine when num_gpus_per_learner > 0 (RLlib's get_device).
+            num_learners=r.num_learners,
             num_gpus_per_learner=r.num_gpus_per_learner,
             learner_class=learner_class,
         )

@@ -194,8 +194,12 @@ class AlgoConfig(Strict):
 
 
 class RunnersConfig(Strict):
+    # Checked against the attached Ray cluster's CPUs and GPUs once Ray has started
+    # (marl/resources.py): a config that asks for more than the cluster has exits 2.
     num_env_runners: NonNegInt
     num_envs_per_env_runner: PosInt
+    num_gpus_per_env_runner: Annotated[float, Field(ge=0.0)] = 0.0
+    num_learners: NonNegInt = 0  # 0: one Learner in the driver process
     num_gpus_per_learner: Annotated[float, Field(ge=0.0)]
     torch_threads: PosInt
     # Fault tolerance (marl/runners.py): a sub-environment that raises is recreated and its
@@ -204,6 +208,17 @@ class RunnersConfig(Strict):
     max_env_faults: NonNegInt = 100
     # NaN or inf from the env (envs/adapter.py): stop the run, or end that episode and count it.
     nonfinite_env_output: Literal["error", "end_episode"] = "error"
+
+    @model_validator(mode="after")
+    def _gpu_runners_are_remote(self) -> RunnersConfig:
+        # RLlib's EnvRunner in the driver (num_env_runners: 0) always samples on the CPU
+        # (MultiAgentEnvRunner asks for a device only on remote runners, worker_index > 0).
+        if self.num_gpus_per_env_runner > 0 and self.num_env_runners == 0:
+            raise ValueError(
+                f"num_gpus_per_env_runner: {self.num_gpus_per_env_runner:g} needs num_env_runners >= 1; "
+                "with num_env_runners: 0 the envs sample in the driver, on the CPU"
+            )
+        return self
 
 
 class TrainConfig(Strict):

@@ -65,6 +65,7 @@ from marl.errors import (
     describe_exception,
 )
 from marl.progress import Progress
+from marl.resources import check_cluster
 
 RUN_STATE = "run_state.json"
 RNG_STATE = "rng_state.json"
@@ -232,6 +233,7 @@ class Trainer:
 
         torch.set_num_threads(self.cfg.runners.torch_threads)
         init_ray()
+        check_cluster(self.cfg.runners)  # a config the cluster cannot serve: UserError, exit 2
         algo_cfg = (self.build_config or build_algorithm_config)(self.cfg)
         if resume_from is not None:
             # Fresh env seeds after a resume, derived from (seed, iteration), so the envs do
@@ -563,6 +565,10 @@ def train(cfg: Config) -> Path:
     try:
         try:
             trainer.build()
+        except UserError:  # e.g. more runners or GPUs than the cluster has: exit 2
+            trainer.stop()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         except Exception as e:  # nothing was trained: leave no run directory behind
             trainer.stop()
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -609,6 +615,8 @@ def load_run(run_dir: Path) -> tuple[Config, Path]:
 def resume(run_dir: Path) -> Path:
     cfg, ckpt = load_run(run_dir)
     state = RunState(**json.loads((ckpt / RUN_STATE).read_text()))
+    init_ray()
+    check_cluster(cfg.runners)  # before anything in the run directory changes
     truncate_metrics(run_dir / "metrics.jsonl", state.iteration)
     print(f"resuming {run_dir} from {ckpt.name} (env step {state.env_steps})", file=sys.stderr)
     trainer = Trainer(cfg, run_dir, state)

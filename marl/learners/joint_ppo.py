@@ -70,8 +70,9 @@ class JointPPOLearner(PPOTorchLearner):
         self.episode_buffers: dict[str, EpisodeBuffer] = {}
         self._minibatch_steps: dict[str, int] = {}  # this update's, per module (reset each update)
         self._encoder_stepped: set[str] = set()  # modules whose encoder trains on this minibatch
-        seed = self.config.seed or 0
-        self._contrastive_rng = torch.Generator().manual_seed(seed)
+        # The views' random crops and masks are drawn on the learner's device (a CUDA op
+        # refuses a CPU generator).
+        self._contrastive_rng = torch.Generator(device=self._device).manual_seed(self.config.seed or 0)
 
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
         # Frozen and scripted teams are never updated: no optimizer (a scripted team has no
@@ -106,7 +107,8 @@ class JointPPOLearner(PPOTorchLearner):
         if module_id not in self.episode_buffers:
             am = self._agent_modeling(self._module[module_id].unwrapped())
             self.episode_buffers[module_id] = EpisodeBuffer(
-                am.get("buffer_episodes", 10000), hist.shape[1], hist.shape[2], seed=self.config.seed or 0
+                am.get("buffer_episodes", 10000), hist.shape[1], hist.shape[2], seed=self.config.seed or 0,
+                device=self._device,
             )
         self.episode_buffers[module_id].add(hist, lengths)
 
@@ -123,13 +125,9 @@ class JointPPOLearner(PPOTorchLearner):
         if buffer is None or buffer.size < am.get("min_episodes", 16) or count % am.get("encoder_every", 1):
             return None, stats
         self._encoder_stepped.add(module_id)
-        hist, lengths = buffer.sample(am.get("batch_episodes", 512))
-        device = next(module.parameters()).device
-        loss, extra = module.agent_model.contrastive_loss(
-            torch.from_numpy(hist).to(device), torch.from_numpy(lengths).to(device), self._contrastive_rng
-        )
+        hist, lengths = buffer.sample(am.get("batch_episodes", 512))  # on the learner's device
+        loss, extra = module.agent_model.contrastive_loss(hist, lengths, self._contrastive_rng)
         stats.update({f"agent_model/{k}": v for k, v in extra.items()})
-        stats["agent_model/contrastive_loss"] = loss.detach()
         return loss, stats
 
     def apply_gradients(self, gradients_dict) -> None:

@@ -1,0 +1,241 @@
+"""A real Ray head on 127.0.0.1 with token authentication (issue 11, parts 1 and 3; issue 13,
+part 5): jobs submitted, followed, stopped and fetched through `run.py submit` / `run.py jobs`;
+a plain run beside the head on a private Ray instance, and `--address` joining it; a missing
+or wrong token ends in one `error:` line with exit code 2.
+
+The head runs in its own process group under its own RAY_TMPDIR (its `ray_current_cluster`
+pointer and sessions), with free ports, and only that group is ended. The clients run with an
+empty HOME (no ~/.ray/auth_token of the machine) and get the token only where a test gives it."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RAY = Path(sys.executable).with_name("ray")
+TINY = [
+    "configs/env/coordination3.yaml", "train.total_env_steps=400", "algo.train_batch_size=200",
+    "algo.minibatch_size=100", "train.progress=log",
+]
+pytestmark = pytest.mark.slow
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Head:
+    def __init__(self, base: Path):
+        self.base, self.token = base, secrets.token_hex(32)
+        self.gcs_port, dash, client, agent = _free_ports(4)
+        self.dashboard = f"http://127.0.0.1:{dash}"
+        self.home = base / "home"
+        self.home.mkdir()
+        self.storage = base / "storage"
+        # The clients' environment: no token, no cluster address, this head's temp dir.
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "RAY_API_SERVER"))}
+        self.env.update(HOME=str(self.home), RAY_TMPDIR=str(base / "t"),
+                        PATH=f"{RAY.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        head_env = {**self.env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+        self.log = open(base / "head.log", "w")
+        self.proc = subprocess.Popen(
+            [str(RAY), "start", "--head", "--block", f"--port={self.gcs_port}", "--num-cpus=2",
+             "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+             f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+             "--disable-usage-stats"],
+            env=head_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=base,
+        )
+
+    def wait_ready(self, timeout_s: float = 180) -> None:
+        """The job API answers (its agent on the head is up)."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            assert self.proc.poll() is None, (self.base / "head.log").read_text()[-3000:]
+            req = urllib.request.Request(f"{self.dashboard}/api/jobs/",
+                                         headers={"authorization": f"Bearer {self.token}"})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    if r.status == 200:
+                        json.loads(r.read())
+                        return
+            except OSError:
+                pass
+            time.sleep(1)
+        raise TimeoutError((self.base / "head.log").read_text()[-3000:])
+
+    def stop(self) -> None:
+        """SIGTERM to the head's process group, SIGKILL after 10 s (`ray start --block` ignores
+        SIGTERM while its children stop); never `ray stop`, which ends everyone's Ray."""
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            end = time.monotonic() + wait
+            while time.monotonic() < end and _group_alive(self.proc.pid):
+                time.sleep(0.5)
+            if not _group_alive(self.proc.pid):
+                break
+        self.proc.wait(timeout=10)
+        self.log.close()
+
+    def drivers(self) -> set[int]:
+        """PIDs of the drivers that ever connected to the head (Ray's job table)."""
+        req = urllib.request.Request(f"{self.dashboard}/api/jobs/", headers={"authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            jobs = json.loads(r.read())
+        return {int(j["driver_info"]["pid"]) for j in jobs if j.get("driver_info") and j["type"] == "DRIVER"}
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    # Zombies of the group still count for killpg(0); a group of zombies is done.
+    out = subprocess.run(["ps", "-o", "stat=", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
+    return any(not s.startswith("Z") for s in out)
+
+
+@pytest.fixture(scope="module")
+def head():
+    base = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's unix sockets live under it
+    h = Head(base)
+    try:
+        h.wait_ready()
+        yield h
+    finally:
+        h.stop()
+        shutil.rmtree(base, ignore_errors=True)  # sessions and the ray_current_cluster pointer
+
+
+def cli(head: Head, *args, token: str | None = None, timeout=600, **popen):
+    env = dict(head.env)
+    if token is not None:
+        env["RAY_AUTH_TOKEN"] = token
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, **popen)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+
+
+def wait_status(head: Head, job: str, want: set[str], timeout_s=300) -> str:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        proc = cli(head, "jobs", "status", job, "--address", head.dashboard, token=head.token)
+        assert proc.returncode == 0, proc.stderr
+        status = proc.stdout.splitlines()[0].split(": ", 1)[1]
+        if status in want:
+            return proc.stdout
+        time.sleep(2)
+    raise TimeoutError(f"{job} never reached {want}")
+
+
+def submit(head: Head, *args) -> str:
+    proc = cli(head, "submit", *args, "--address", head.dashboard, "--no-pip",
+               "--storage", str(head.storage), token=head.token)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_submit_train_follow_and_fetch_the_run_directory(head, tmp_path):
+    job = submit(head, "train", *TINY, "seed=3")
+    assert job.startswith("raysubmit_")
+    out = wait_status(head, job, {"SUCCEEDED", "FAILED", "STOPPED"})
+    assert out.splitlines()[0] == f"{job}: SUCCEEDED", out
+    logs = cli(head, "jobs", "logs", job, "--address", head.dashboard, token=head.token)
+    assert logs.returncode == 0
+    assert "iteration 2" in logs.stdout or '"iteration": 2' in logs.stdout or "iter" in logs.stdout
+    [marker] = [ln for ln in logs.stdout.splitlines() if ln.startswith("marl-job-output:")]
+    remote = Path(marker.split(": ", 1)[1])
+    assert remote.parent == (head.storage / "runs").resolve()  # on the cluster's storage
+    listed = cli(head, "jobs", "list", "--address", head.dashboard, token=head.token)
+    assert any(ln.startswith(f"{job}  SUCCEEDED") for ln in listed.stdout.splitlines()), listed.stdout
+
+    fetched = cli(head, "jobs", "fetch", job, str(tmp_path / "back"), "--address", head.dashboard, token=head.token)
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    local = Path(fetched.stdout.strip().splitlines()[-1])
+    assert local == tmp_path / "back" / remote.name
+    rows = [json.loads(r) for r in (local / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2] and rows[-1]["env_steps"] >= 400
+    ckpts = sorted((local / "checkpoints").glob("iter_*"))
+    assert ckpts and (ckpts[-1] / "teams" / "teams.json").is_file()
+    assert (local / "config.yaml").read_text() == (remote / "config.yaml").read_text()
+    # Fetching again into the same place overwrites nothing.
+    again = cli(head, "jobs", "fetch", job, str(tmp_path / "back"), "--address", head.dashboard, token=head.token)
+    assert again.returncode == 2 and error_lines(again.stderr) == [again.stderr.strip()]
+
+
+def test_failing_job_reports_its_own_error_line(head, tmp_path):
+    # An env whose every step raises: the run stops at the fault limit with its one line.
+    job = submit(head, "train", *TINY, "env.import=tests.toy_envs:broken_step_env", "env.kwargs={}")
+    out = wait_status(head, job, {"SUCCEEDED", "FAILED", "STOPPED"})
+    first, *rest = out.splitlines()
+    assert first == f"{job}: FAILED"
+    [line] = rest
+    assert line.startswith("error: env 'tests.toy_envs:broken_step_env'") and "simulator connection lost" in line
+
+
+def test_stop_a_running_job(head):
+    job = submit(head, "train", *TINY, "train.total_env_steps=10000000")
+    wait_status(head, job, {"RUNNING"})
+    proc = cli(head, "jobs", "stop", job, "--address", head.dashboard, token=head.token)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{job}: STOPPED"
+
+
+@pytest.mark.parametrize("token", [None, "not-the-token"])
+def test_missing_or_wrong_token_is_one_line_exit_2(head, token):
+    for args in (["jobs", "list", "--address", head.dashboard],
+                 ["submit", "train", *TINY, "--no-pip", "--address", head.dashboard],
+                 ["train", *TINY, "--address", f"127.0.0.1:{head.gcs_port}"]):
+        proc = cli(head, *args, token=token, timeout=120)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert error_lines(proc.stderr) == [proc.stderr.strip()], proc.stderr[-2000:]
+        line = proc.stderr.strip()
+        assert ("none was found" if token is None else "refused the authentication token from RAY_AUTH_TOKEN") in line
+        assert "RAY_AUTH_TOKEN" in line and "~/.ray/auth_token" in line and "disable" not in line
+
+
+def _train(env: dict, *args) -> tuple[int, subprocess.CompletedProcess]:
+    """A tiny `run.py train`; returns its PID (the driver's) and the finished process."""
+    p = subprocess.Popen([sys.executable, "run.py", "train", *TINY, "train.total_env_steps=200", *args],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate(timeout=600)
+    return p.pid, subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def test_plain_run_beside_a_head_is_private_and_address_joins(head, tmp_path):
+    # Without --address: a private instance, although `ray start` left its pointer in RAY_TMPDIR.
+    pid, proc = _train(head.env, f"output_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert Path(proc.stdout.strip().splitlines()[-1]).parent == tmp_path
+    assert pid not in head.drivers()
+    # --address: joins the head (its driver is in the head's job table), with the token from
+    # RAY_AUTH_TOKEN and no RAY_AUTH_MODE on the client.
+    pid, proc = _train({**head.env, "RAY_AUTH_TOKEN": head.token}, f"output_dir={tmp_path}",
+                       "--address", f"127.0.0.1:{head.gcs_port}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert pid in head.drivers()

@@ -30,7 +30,6 @@ TINY = [
     "configs/env/coordination3.yaml", "train.total_env_steps=400", "algo.train_batch_size=200",
     "algo.minibatch_size=100", "train.progress=log",
 ]
-pytestmark = pytest.mark.slow
 
 
 def _free_ports(n: int) -> list[int]:
@@ -118,7 +117,7 @@ def _group_alive(pgid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def head():
+def head():  # only the slow tests use it
     base = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # short: Ray's unix sockets live under it
     h = Head(base)
     try:
@@ -160,6 +159,7 @@ def submit(head: Head, *args) -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_submit_train_follow_and_fetch_the_run_directory(head, tmp_path):
     job = submit(head, "train", *TINY, "seed=3")
     assert job.startswith("raysubmit_")
@@ -188,6 +188,7 @@ def test_submit_train_follow_and_fetch_the_run_directory(head, tmp_path):
     assert again.returncode == 2 and error_lines(again.stderr) == [again.stderr.strip()]
 
 
+@pytest.mark.slow
 def test_failing_job_reports_its_own_error_line(head, tmp_path):
     # An env whose every step raises: the run stops at the fault limit with its one line.
     job = submit(head, "train", *TINY, "env.import=tests.toy_envs:broken_step_env", "env.kwargs={}")
@@ -198,6 +199,7 @@ def test_failing_job_reports_its_own_error_line(head, tmp_path):
     assert line.startswith("error: env 'tests.toy_envs:broken_step_env'") and "simulator connection lost" in line
 
 
+@pytest.mark.slow
 def test_stop_a_running_job(head):
     job = submit(head, "train", *TINY, "train.total_env_steps=10000000")
     wait_status(head, job, {"RUNNING"})
@@ -206,14 +208,17 @@ def test_stop_a_running_job(head):
     assert proc.stdout.strip() == f"{job}: STOPPED"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("token", [None, "not-the-token"])
 def test_missing_or_wrong_token_is_one_line_exit_2(head, token):
-    for args in (["jobs", "list", "--address", head.dashboard],
-                 ["submit", "train", *TINY, "--no-pip", "--address", head.dashboard],
-                 ["train", *TINY, "--address", f"127.0.0.1:{head.gcs_port}"]):
-        proc = cli(head, *args, token=token, timeout=120)
+    cases = [["jobs", "list", "--address", head.dashboard],
+             ["train", *TINY, "--address", f"127.0.0.1:{head.gcs_port}"]]  # joining: the GCS port
+    if token is None:
+        cases.append(["submit", "train", *TINY, "--no-pip", "--address", head.dashboard])
+    for args in cases:
+        proc = cli(head, *args, token=token, timeout=300)
         assert proc.returncode == 2, (args, proc.stderr[-2000:])
-        assert error_lines(proc.stderr) == [proc.stderr.strip()], proc.stderr[-2000:]
+        assert error_lines(proc.stderr) == [proc.stderr.strip()], proc.stderr[-2000:]  # no C++ log lines
         line = proc.stderr.strip()
         assert ("none was found" if token is None else "refused the authentication token from RAY_AUTH_TOKEN") in line
         assert "RAY_AUTH_TOKEN" in line and "~/.ray/auth_token" in line and "disable" not in line
@@ -227,6 +232,7 @@ def _train(env: dict, *args) -> tuple[int, subprocess.CompletedProcess]:
     return p.pid, subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
+@pytest.mark.slow
 def test_plain_run_beside_a_head_is_private_and_address_joins(head, tmp_path):
     # Without --address: a private instance, although `ray start` left its pointer in RAY_TMPDIR.
     pid, proc = _train(head.env, f"output_dir={tmp_path}")
@@ -239,3 +245,80 @@ def test_plain_run_beside_a_head_is_private_and_address_joins(head, tmp_path):
                        "--address", f"127.0.0.1:{head.gcs_port}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert pid in head.drivers()
+
+
+# ------------------------------------------------------------- without a cluster (fast)
+def _main(capsys, *args) -> tuple[int, str]:
+    from marl.cli import main
+
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["submit", "frobnicate"], "unknown command 'frobnicate'; expected one of: train, resume"),
+    (["submit", "train", "configs/nope.yaml"], "configs/nope.yaml"),
+    (["submit", "train", *TINY, "algo.lr=fast"], "algo.lr"),
+    (["submit", "attack", "runs/v"], "--adversary"),
+    (["submit", "train", *TINY, "--num-cpus", "many"], "--num-cpus expects a number"),
+    (["submit", "train", *TINY, "--extras", "nosuch"], "unknown extra(s) ['nosuch']"),
+    (["submit", "train", *TINY], "no cluster given: pass --address http://HEAD:8265"),
+    (["jobs", "list"], "no cluster given"),
+])
+def test_submit_checks_the_command_before_any_cluster(capsys, monkeypatch, tmp_path, args, says):
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    monkeypatch.chdir(ROOT)
+    code, err = _main(capsys, *args)
+    assert code == 2 and error_lines(err) == [err.strip()] and says in err, err
+
+
+def test_submit_options_may_follow_the_command():
+    from marl.cli import _parser, _submit_options
+
+    args = _parser().parse_args(["submit", "--no-pip", "attack", "runs/v", "--adversary", "gleave",
+                                 "--address=http://h:8265", "seed=1", "--storage", "/s", "--num-cpus", "2"])
+    assert _submit_options(args) == ["runs/v", "--adversary", "gleave", "seed=1"]
+    assert (args.address, args.storage, args.no_pip, args.num_cpus) == ("http://h:8265", "/s", True, 2.0)
+
+
+def test_pinned_requirements_are_the_installed_versions():
+    from importlib.metadata import version
+
+    from marl.cluster import pinned_requirements
+
+    pins = pinned_requirements(["mujoco", "cluster"])
+    assert f"torch=={version('torch').split('+')[0]}" in pins
+    assert "ray[default,rllib]==2.60.0" in pins  # one line per package, its extras merged
+    assert f"mujoco=={version('mujoco')}" in pins and len(pins) == len({p.split('[')[0].split('=')[0] for p in pins})
+
+
+def test_job_storage_link_and_output(tmp_path, monkeypatch):
+    from marl import cluster
+    from marl.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(cluster.STORAGE_ENV, str(tmp_path / "store"))
+    runs = cluster.prepare_job_storage()
+    assert runs == tmp_path / "store" / "runs" and Path("runs").resolve() == runs
+    assert cluster.prepare_job_storage() == runs  # a second job in the same working_dir
+    (runs / "r1").mkdir()
+    assert cluster.job_output(["runs/r1"], None) == runs / "r1"
+    assert cluster.job_output(["}", "nope"], "error: ...; the traceback is in runs/r1/error.log; ...") == runs / "r1"
+    monkeypatch.setenv(cluster.STORAGE_ENV, str(tmp_path / "other"))
+    with pytest.raises(UserError, match="not a link to"):
+        cluster.prepare_job_storage()
+
+
+def test_a_damaged_fetch_is_refused():
+    import base64
+    import hashlib
+
+    from marl import cluster
+    from marl.errors import UserError
+
+    data = b"x" * 1000
+    text = base64.b64encode(data).decode()
+    logs = f"noise\n{cluster.FETCH_BEGIN} {hashlib.sha256(data).hexdigest()} 1000\n{text}\n{cluster.FETCH_END}\n"
+    assert cluster.decode_fetch(logs, "/r") == data
+    with pytest.raises(UserError, match="damaged"):
+        cluster.decode_fetch(logs.replace(text, base64.b64encode(b"y" * 1000).decode()), "/r")

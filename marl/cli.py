@@ -329,8 +329,9 @@ def _cmd_jobs(args) -> int:
             line = cluster.error_line(client.logs(args.job_id))
             if line:  # the job's own one line; on a cluster, resume through submit too
                 print(line.replace("run.py resume ", f"run.py submit --address {client.address} resume "))
-            elif info.message:
-                print(f"error: {info.message.strip().splitlines()[-1]}")
+            elif info.message:  # Ray's own account (e.g. the entrypoint could not start)
+                last = info.message.strip().splitlines()[-1]
+                print(last if last.startswith("error:") else f"error: {last}")
     elif what == "logs":
         if args.follow:
             client.follow(args.job_id)

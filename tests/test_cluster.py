@@ -163,12 +163,16 @@ def submit(head: Head, *args) -> str:
 def test_submit_train_follow_and_fetch_the_run_directory(head, tmp_path):
     job = submit(head, "train", *TINY, "seed=3")
     assert job.startswith("raysubmit_")
-    out = wait_status(head, job, {"SUCCEEDED", "FAILED", "STOPPED"})
-    assert out.splitlines()[0] == f"{job}: SUCCEEDED", out
+    # --follow prints the job's output as it comes and returns when the job ends.
+    followed = cli(head, "jobs", "logs", job, "--follow", "--address", head.dashboard, token=head.token)
+    assert followed.returncode == 0, followed.stderr[-3000:]
+    out = cli(head, "jobs", "status", job, "--address", head.dashboard, token=head.token).stdout
+    assert out.splitlines() == [f"{job}: SUCCEEDED"], out
     logs = cli(head, "jobs", "logs", job, "--address", head.dashboard, token=head.token)
-    assert logs.returncode == 0
-    assert "iteration 2" in logs.stdout or '"iteration": 2' in logs.stdout or "iter" in logs.stdout
+    assert logs.returncode == 0 and logs.stdout.strip() == followed.stdout.strip()
+    assert "iteration 2" in logs.stdout  # the run's own log lines (train.progress=log)
     [marker] = [ln for ln in logs.stdout.splitlines() if ln.startswith("marl-job-output:")]
+    assert logs.stdout.strip().splitlines()[-1] == marker
     remote = Path(marker.split(": ", 1)[1])
     assert remote.parent == (head.storage / "runs").resolve()  # on the cluster's storage
     listed = cli(head, "jobs", "list", "--address", head.dashboard, token=head.token)
@@ -189,14 +193,22 @@ def test_submit_train_follow_and_fetch_the_run_directory(head, tmp_path):
 
 
 @pytest.mark.slow
-def test_failing_job_reports_its_own_error_line(head, tmp_path):
-    # An env whose every step raises: the run stops at the fault limit with its one line.
-    job = submit(head, "train", *TINY, "env.import=tests.toy_envs:broken_step_env", "env.kwargs={}")
+def test_failing_job_reports_its_own_error_line_and_its_run_directory_comes_back(head, tmp_path):
+    # An env that raises at its 250th step, and no env fault allowed: the run stops after its
+    # first checkpoint with its one line, as it does locally (README, "When things fail").
+    job = submit(head, "train", *TINY, "env.import=tests.toy_envs:flaky_env", "env.kwargs={fail_at: 250}",
+                 "runners.max_env_faults=0", "runners.num_envs_per_env_runner=1", "train.checkpoint_every=1")
     out = wait_status(head, job, {"SUCCEEDED", "FAILED", "STOPPED"})
     first, *rest = out.splitlines()
     assert first == f"{job}: FAILED"
     [line] = rest
-    assert line.startswith("error: env 'tests.toy_envs:broken_step_env'") and "simulator connection lost" in line
+    assert line.startswith("error: env 'tests.toy_envs:flaky_env' failed 1 times in this run"), line
+    assert "simulator connection lost" in line and "the last good checkpoint is 'runs/" in line
+    fetched = cli(head, "jobs", "fetch", job, str(tmp_path), "--address", head.dashboard, token=head.token)
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    local = Path(fetched.stdout.strip().splitlines()[-1])
+    assert [json.loads(r)["iteration"] for r in (local / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert [c.name for c in (local / "checkpoints").iterdir()] == ["iter_000001"]
 
 
 @pytest.mark.slow
@@ -215,6 +227,7 @@ def test_missing_or_wrong_token_is_one_line_exit_2(head, token):
              ["train", *TINY, "--address", f"127.0.0.1:{head.gcs_port}"]]  # joining: the GCS port
     if token is None:
         cases.append(["submit", "train", *TINY, "--no-pip", "--address", head.dashboard])
+        cases.append(["train", *TINY, "--address", "auto"])  # the head's pointer in RAY_TMPDIR
     for args in cases:
         proc = cli(head, *args, token=token, timeout=300)
         assert proc.returncode == 2, (args, proc.stderr[-2000:])
@@ -222,6 +235,8 @@ def test_missing_or_wrong_token_is_one_line_exit_2(head, token):
         line = proc.stderr.strip()
         assert ("none was found" if token is None else "refused the authentication token from RAY_AUTH_TOKEN") in line
         assert "RAY_AUTH_TOKEN" in line and "~/.ray/auth_token" in line and "disable" not in line
+        if "auto" in args:
+            assert f":{head.gcs_port} requires an authentication token" in line
 
 
 def _train(env: dict, *args) -> tuple[int, subprocess.CompletedProcess]:

@@ -123,6 +123,12 @@ def _quiet_fd2() -> Iterator[None]:
         os.close(saved)
 
 
+def _quiet_ray_logs() -> None:
+    """Importing Ray sets its loggers to INFO again: keep them to errors on the terminal."""
+    for name in ("ray", "ray.dashboard", "ray._private"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def check_joinable(address: str) -> None:
     """Before ``ray.init(address=...)``: the cluster answers and accepts this client's token.
     Otherwise one ``UserError`` (exit 2) instead of Ray's 20 s of retries and a bare
@@ -132,6 +138,7 @@ def check_joinable(address: str) -> None:
     from ray._private import services
     from ray.exceptions import AuthenticationError
 
+    _quiet_ray_logs()  # e.g. "Found multiple active Ray instances" for "auto"
     _enable_token_auth_if_available()
     what = f"--address/RAY_ADDRESS '{address}'"
     try:
@@ -180,8 +187,7 @@ class Cluster:
         headers = auth_headers()
         from ray.job_submission import JobSubmissionClient
 
-        for name in ("ray", "ray.dashboard", "ray._private"):  # Ray's upload chatter (INFO)
-            logging.getLogger(name).setLevel(logging.ERROR)
+        _quiet_ray_logs()  # its upload chatter (INFO)
         with self.errors():
             self.client = JobSubmissionClient(self.address, headers=headers)
 

@@ -299,6 +299,8 @@ def _cmd_submit(args) -> int:
 
         load_config(*_split_train_args(inner.config, [*inner.overrides, *extra]))
     storage = args.storage or DEFAULT_STORAGE
+    if not (storage.startswith("~") or os.path.isabs(storage)):  # the job's cwd is temporary
+        raise UserError(f"run.py submit: --storage '{storage}' must be absolute or start with ~ (a path on the cluster)")
     extras = [e for e in args.extras.split(",") if e]
     runtime_env = cluster.job_runtime_env(storage, pip=not args.no_pip, extras=extras)
     client = cluster.Cluster(args.address)
@@ -389,10 +391,11 @@ def main(argv: list[str] | None = None) -> int:
         code = _main(argv, errors, before=cluster.prepare_job_storage)
         return code
     finally:
+        sys.stdout, sys.stderr = out.stream, err.stream
         named = ([out.last] if code == 0 and out.last else []) + err.run_dirs[::-1]
         made = cluster.job_output(named, errors[-1] if errors else None)
         if made is not None:
-            print(f"{cluster.OUTPUT_MARKER} {made}", file=out.stream, flush=True)
+            print(f"{cluster.OUTPUT_MARKER} {made}", flush=True)
 
 
 def _main(argv: list[str] | None, errors: list[str] | None = None, before=None) -> int:

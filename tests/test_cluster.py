@@ -229,8 +229,12 @@ def test_missing_or_wrong_token_is_one_line_exit_2(head, token):
     if token is None:
         cases.append(["submit", "train", *TINY, "--no-pip", "--address", head.dashboard])
         cases.append(["train", *TINY, "--address", "auto"])  # the head's pointer in RAY_TMPDIR
-    for args in cases:
-        proc = cli(head, *args, token=token, timeout=300)
+    env = dict(head.env, **({"RAY_AUTH_TOKEN": token} if token else {}))
+    running = [(args, subprocess.Popen([sys.executable, "run.py", *args], cwd=ROOT, env=env, text=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)) for args in cases]
+    for args, p in running:  # side by side: each is mostly Python imports
+        out, err = p.communicate(timeout=300)
+        proc = subprocess.CompletedProcess(p.args, p.returncode, out, err)
         assert proc.returncode == 2, (args, proc.stderr[-2000:])
         assert error_lines(proc.stderr) == [proc.stderr.strip()], proc.stderr[-2000:]  # no C++ log lines
         line = proc.stderr.strip()
@@ -240,27 +244,26 @@ def test_missing_or_wrong_token_is_one_line_exit_2(head, token):
             assert f":{head.gcs_port} requires an authentication token" in line
 
 
-def _train(env: dict, *args) -> tuple[int, subprocess.CompletedProcess]:
-    """A tiny `run.py train`; returns its PID (the driver's) and the finished process."""
-    p = subprocess.Popen([sys.executable, "run.py", "train", *TINY, "train.total_env_steps=200", *args],
-                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = p.communicate(timeout=600)
-    return p.pid, subprocess.CompletedProcess(p.args, p.returncode, out, err)
+def _train(env: dict, *args) -> subprocess.Popen:
+    """A tiny `run.py train`, started; its PID is the driver's."""
+    return subprocess.Popen([sys.executable, "run.py", "train", *TINY, "train.total_env_steps=200", *args],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.slow
 def test_plain_run_beside_a_head_is_private_and_address_joins(head, tmp_path):
     # Without --address: a private instance, although `ray start` left its pointer in RAY_TMPDIR.
-    pid, proc = _train(head.env, f"output_dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert Path(proc.stdout.strip().splitlines()[-1]).parent == tmp_path
-    assert pid not in head.drivers()
+    plain = _train(head.env, f"output_dir={tmp_path}")
     # --address: joins the head (its driver is in the head's job table), with the token from
-    # RAY_AUTH_TOKEN and no RAY_AUTH_MODE on the client.
-    pid, proc = _train({**head.env, "RAY_AUTH_TOKEN": head.token}, f"output_dir={tmp_path}",
-                       "--address", f"127.0.0.1:{head.gcs_port}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert pid in head.drivers()
+    # RAY_AUTH_TOKEN and no RAY_AUTH_MODE on the client. Both at once.
+    joined = _train({**head.env, "RAY_AUTH_TOKEN": head.token}, f"output_dir={tmp_path}",
+                    "--address", f"127.0.0.1:{head.gcs_port}")
+    (out, err), (_, err_joined) = plain.communicate(timeout=600), joined.communicate(timeout=600)
+    assert plain.returncode == 0, err[-3000:]
+    assert joined.returncode == 0, err_joined[-3000:]
+    assert Path(out.strip().splitlines()[-1]).parent == tmp_path
+    drivers = head.drivers()
+    assert plain.pid not in drivers and joined.pid in drivers
 
 
 # ------------------------------------------------------------- without a cluster (fast)
@@ -280,6 +283,7 @@ def _main(capsys, *args) -> tuple[int, str]:
     (["submit", "train", *TINY, "--extras", "nosuch"], "unknown extra(s) ['nosuch']"),
     (["submit", "train", *TINY], "no cluster given: pass --address http://HEAD:8265"),
     (["jobs", "list"], "no cluster given"),
+    (["submit", "train", *TINY, "--storage", "results"], "--storage 'results' must be absolute or start with ~"),
 ])
 def test_submit_checks_the_command_before_any_cluster(capsys, monkeypatch, tmp_path, args, says):
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)

@@ -161,7 +161,8 @@ def init_ray() -> None:
     By default a run starts its own private Ray instance (``address="local"``) and ignores any
     other Ray cluster on the machine, including the stale pointer ``ray start`` leaves behind.
     ``RAY_ADDRESS`` (set by ``run.py ... --address``, and by Ray Jobs inside a submitted job)
-    joins that cluster instead: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``."""
+    joins that cluster instead: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``, with the cluster's
+    token where it has one (marl/cluster.py)."""
     import ray
 
     if not ray.is_initialized():
@@ -171,6 +172,9 @@ def init_ray() -> None:
         if address is None:
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
         else:
+            from marl.cluster import check_joinable
+
+            check_joinable(address)  # a missing or refused token: one line, exit 2
             try:
                 ray.init(address=address, **quiet)
             except ConnectionError as e:

@@ -167,6 +167,10 @@ def test_agent_modeling_with_recurrence_replays_the_stored_representation():
         AGENT_REPR: torch.cat([o[AGENT_REPR] for o in outs], 1),
         Columns.STATE_IN: {k: v[None] for k, v in m.get_initial_state().items()},
     }
+    with torch.no_grad():  # the EMA encoder moves between rollout and update
+        for p in m.agent_model.online_parameters():
+            p.add_(0.5 * torch.randn_like(p))
+        m.agent_model.ema_update()
     fwd = m.forward_train(batch)
     logp = m.agent_logp(fwd[Columns.ACTION_DIST_INPUTS].reshape(1, 5, 3, 5), batch[Columns.ACTIONS]).sum(-1)
     torch.testing.assert_close(logp, torch.cat([o[Columns.ACTION_LOGP] for o in outs], 1), atol=1e-5, rtol=0)

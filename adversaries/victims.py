@@ -108,7 +108,9 @@ class FrozenTeam:
 
     def hidden_for(self, b: int) -> torch.Tensor | None:
         """The states before the next step, for a batch of ``b`` copies of it (None: stateless)."""
-        return None if self.hidden is None else self.hidden.expand(b, *self.hidden.shape[1:])
+        # A clone: ``act`` runs in inference mode, and its tensors cannot enter autograd (the
+        # white box differentiates through the step).
+        return None if self.hidden is None else self.hidden.expand(b, *self.hidden.shape[1:]).clone()
 
     def _intervention(self, intervention: dict[int, Any], n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """do(a_K) as (mask [1, n], actions [1, n(, k)]) in the module's units."""

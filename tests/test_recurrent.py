@@ -206,3 +206,28 @@ def test_memory_cue_shows_the_cue_once_and_pays_for_acting_on_it_together():
         solved = bool(seed % 3)
         assert rew == {"agent_0": float(solved), "agent_1": float(solved)} and all(term.values())
         assert info["agent_0"]["won"] is solved and env.agents == []
+
+
+def test_victim_white_box_and_stealth_reads_use_the_states_the_step_starts_from():
+    """A recurrent FrozenTeam: ``act`` advances its states; the white box (obs_pgd) reads the
+    states the next step starts from without advancing them; ``own_params`` (the stealth
+    measure) scores the last step from the states that step started from; ``reset`` forgets."""
+    from adversaries.victims import FrozenTeam, WhiteBoxVictim
+
+    m = make_recurrent(GRAPHS["full"])
+    team = FrozenTeam(m, m.action_space, deterministic=True)
+    first, second = ({k: v[0].numpy() for k, v in make_obs(b=1, seed=s).items()} for s in (1, 2))
+    team.act(first)
+    before = team.hidden.clone()
+    wb = WhiteBoxVictim(team)
+    obs = {k: torch.as_tensor(v)[None] for k, v in second.items()}
+    actions, graph = wb.joint_sample(obs)
+    params = wb.policy_params(obs, actions, graph)
+    torch.testing.assert_close(team.hidden, before, atol=0, rtol=0)  # read, not advanced
+    joint = team.act(second)
+    np.testing.assert_array_equal(joint, actions[0].numpy())
+    np.testing.assert_allclose(team.last_params(), params[0].detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(team.own_params(second), team.last_params(), atol=1e-6)
+    assert (team.hidden - before).abs().max() > 0
+    team.reset()
+    assert team.hidden.abs().max() == 0 and team.last_params() is None

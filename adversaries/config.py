@@ -84,8 +84,8 @@ class AttackConfig(Strict):
         # Victims may be recurrent (adversaries/victims.py); the attackers' learners and the
         # evaluation's attacker rollouts step a stateless module.
         if model.recurrent is not None:
-            raise ValueError("model.recurrent: an attacker's module is feed-forward (set it to null); "
-                             "recurrent victims are supported")
+            raise ValueError("recurrent must be null: an attacker's module is feed-forward "
+                             "(recurrent victims are supported)")
         return model
 
     def to_dict(self) -> dict[str, Any]:

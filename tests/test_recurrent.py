@@ -231,3 +231,16 @@ def test_victim_white_box_and_stealth_reads_use_the_states_the_step_starts_from(
     assert (team.hidden - before).abs().max() > 0
     team.reset()
     assert team.hidden.abs().max() == 0 and team.last_params() is None
+
+
+def test_recurrent_attackers_and_recurrent_kuhn_exploitability_are_refused_in_one_line(capsys):
+    from marl.cli import main
+    from marl.errors import UserError
+    from marl.exploitability import _joint_policy_probs
+
+    assert main(["attack", "/no/such", "--adversary", "gleave", "model.recurrent.hidden=8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: config key 'model': recurrent must be null: an attacker's module is feed-forward "
+                   "(recurrent victims are supported)"]
+    with pytest.raises(UserError, match="recurrent"):
+        _joint_policy_probs(make_recurrent(), {Columns.OBS: make_obs(b=2)}, A)

@@ -244,3 +244,36 @@ def test_recurrent_attackers_and_recurrent_kuhn_exploitability_are_refused_in_on
                    "(recurrent victims are supported)"]
     with pytest.raises(UserError, match="recurrent"):
         _joint_policy_probs(make_recurrent(), {Columns.OBS: make_obs(b=2)}, A)
+
+
+@pytest.mark.parametrize("how", ["terminated", "truncated"])
+def test_team_gae_on_zero_padded_sequences_equals_gae_on_the_steps_back_to_back(how):
+    """tests/test_loss.py's hand-computed episode (3 steps + RLlib's bootstrap row), as RLlib
+    hands it to a recurrent module: sequences of 3, the bootstrap row alone in the second,
+    padded. Padding (values 99 there) changes nothing; the results come back padded."""
+    from ray.rllib.evaluation.postprocessing import Postprocessing
+
+    from marl.learners.gae import TeamGAE
+    from tests.test_loss import HAND
+
+    m = make_recurrent()
+    term = [[0, 0, 1], [0, 0, 0]] if how == "terminated" else [[0, 0, 0], [0, 0, 0]]
+    trunc = [[0, 0, 0], [0, 0, 0]] if how == "terminated" else [[0, 0, 1], [0, 0, 0]]
+    obs = {k: v.reshape(2, 3, *v.shape[1:]) for k, v in make_obs(b=6).items()}
+    m.compute_values = lambda batch, embeddings=None: torch.tensor([[1.0, 2.0, 3.0], [4.0, 99.0, 99.0]])
+    batch = {"team_0": {
+        Columns.OBS: obs,
+        Columns.REWARDS: torch.tensor([[1.0, 1.0, 1.0], [0.0, 5.0, 5.0]]),
+        Columns.TERMINATEDS: torch.tensor(term, dtype=torch.bool),
+        Columns.TRUNCATEDS: torch.tensor(trunc, dtype=torch.bool),
+        Columns.LOSS_MASK: torch.tensor([[1, 1, 1], [0, 0, 0]], dtype=torch.bool),
+        Columns.SEQ_LENS: torch.tensor([3, 1]),
+    }}
+    out = TeamGAE(gamma=0.9, lambda_=0.5)(rl_module={"team_0": m}, episodes=[], batch=batch)["team_0"]
+    targets = out[Postprocessing.VALUE_TARGETS]
+    assert targets.shape == (2, 3, 1)
+    assert targets[0, :, 0].tolist() == pytest.approx(HAND[how][0], abs=1e-4)
+    assert targets[1, 1:].abs().max() == 0  # padding stays zero
+    adv = np.array(HAND[how][0]) - [1.0, 2.0, 3.0]
+    expected = (adv - adv.mean()) / adv.std()
+    assert out[Postprocessing.ADVANTAGES][0, :, 0].tolist() == pytest.approx(expected.tolist(), abs=1e-4)

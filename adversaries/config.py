@@ -78,6 +78,16 @@ class AttackConfig(Strict):
     runners: RunnersConfig
     train: TrainConfig
 
+    @pydantic.field_validator("model")
+    @classmethod
+    def _feed_forward_attacker(cls, model: ModelConfig) -> ModelConfig:
+        # Victims may be recurrent (adversaries/victims.py); the attackers' learners and the
+        # evaluation's attacker rollouts step a stateless module.
+        if model.recurrent is not None:
+            raise ValueError("recurrent must be null: an attacker's module is feed-forward "
+                             "(recurrent victims are supported)")
+        return model
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
 

@@ -155,6 +155,17 @@ class AgentModelingConfig(Strict):
         return self
 
 
+class RecurrentConfig(Strict):
+    """Recurrent actor (and critic): a GRU after the MLP trunk (Yu et al. 2022, rMAPPO), one
+    hidden state per agent, trained on sequences of ``max_seq_len`` steps (marl/modules)."""
+
+    cell: Literal["gru"] = "gru"
+    hidden: PosInt = 64              # the GRU's state size
+    critic: bool = True              # a recurrent critic too (centralised: one state per team;
+                                     # decentralized: one per agent)
+    max_seq_len: PosInt = 20         # training sequences (RLlib zero-pads shorter ones)
+
+
 class ModelConfig(Strict):
     hidden: PosInt
     layers: PosInt
@@ -164,6 +175,8 @@ class ModelConfig(Strict):
     graph: GraphConfig
     # null = no agent modelling: the learner is exactly the one without it.
     agent_modeling: AgentModelingConfig | None = None
+    # null = feed-forward actor and critic: the module and learner are exactly those without it.
+    recurrent: RecurrentConfig | None = None
 
 
 class AlgoConfig(Strict):

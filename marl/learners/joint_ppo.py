@@ -22,6 +22,12 @@ once the buffer holds ``min_episodes``. The contrastive loss is added to the mod
 policy's optimizer holds none of the encoder's parameters and the actor reads a detached
 representation, so each optimizer steps on its own loss only (RLlib clips gradients per
 optimizer). After every step the EMA encoder moves toward the online one.
+
+Recurrent modules (``model.recurrent``) arrive as RLlib's zero-padded [B, T] sequences with a
+loss mask (``AddTimeDimToBatchAndZeroPad``); the module runs each sequence from its stored
+state, and the loss flattens the steps and counts the real ones only (padding, like RLlib's
+bootstrap row, is masked), so every term is a mean over the same (step, agent) slots as
+without recurrence.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
-from ray.rllib.connectors.common import AgentToModuleMapping
+from ray.rllib.connectors.common import AddTimeDimToBatchAndZeroPad
 from ray.rllib.connectors.learner import GeneralAdvantageEstimation
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
@@ -42,7 +48,7 @@ from marl.graphs.annealing import DensitySchedule
 from marl.learners.episode_buffer import EpisodeBuffer, FinishedEpisodes
 from marl.learners.executed import EXECUTED, ExecutedActions
 from marl.learners.gae import TeamGAE
-from marl.modules.joint_policy import DAG_DENSITY
+from marl.modules.joint_policy import DAG_DENSITY, flatten_time
 
 HUBER_DELTA = 10.0
 
@@ -63,8 +69,9 @@ class JointPPOLearner(PPOTorchLearner):
             self._learner_connector.append(
                 TeamGAE(gamma=self.config.gamma, lambda_=self.config.lambda_)
             )
-            # Per (step, agent): was the sampled action executed? (partial control)
-            self._learner_connector.insert_before(AgentToModuleMapping, ExecutedActions())
+            # Per (step, agent): was the sampled action executed? (partial control) Added
+            # before the time dimension, so recurrent modules get it zero-padded like the rest.
+            self._learner_connector.insert_before(AddTimeDimToBatchAndZeroPad, ExecutedActions())
             # Finished episodes' prefixes, for the agent models' encoders.
             self._learner_connector.prepend(FinishedEpisodes(sink=self._store_episodes))
         self.episode_buffers: dict[str, EpisodeBuffer] = {}
@@ -178,6 +185,9 @@ class JointPPOLearner(PPOTorchLearner):
 
     def compute_loss_for_module(self, *, module_id, config, batch: dict[str, Any], fwd_out):
         module = self.module[module_id].unwrapped()
+        if getattr(module, "recurrent", None) is not None and module.has_time_dim(batch):
+            b, t = batch[Columns.OBS]["obs"].shape[:2]  # [B, T] sequences: one row per step
+            batch, fwd_out = flatten_time(batch, b, t), flatten_time(fwd_out, b, t)
         density = None
         if DAG_DENSITY in fwd_out and self.density_schedule is not None:
             density = (

@@ -538,7 +538,7 @@ def _plot(summary: dict[str, Any], records: list[dict[str, Any]], path: Path) ->
             color = f"C{k % 10}"
             for curve in curves:
                 ax.plot([p[0] for p in curve], [p[1] for p in curve], color=color, alpha=0.25, lw=0.8)
-            ax.plot(x, mean, color=color, lw=2, label=f"{c['configuration']} ({c['n']} seeds)")
+            ax.plot(x, mean, color=color, lw=2, marker="o", ms=3, label=f"{c['configuration']} ({c['n']} seeds)")
             if half is not None:
                 ax.fill_between(x, mean - half, mean + half, color=color, alpha=0.2)
         ax.set_xlabel("env steps")

@@ -103,6 +103,18 @@ def test_out_that_is_not_empty_is_refused(capsys, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
+def test_a_sweep_that_is_running_is_not_run_twice(capsys, tmp_path):
+    plan, configs, _ = sweep.plan_sweep(CONFIG, TINY, ["seed=0,1"], samples=1)
+    out = sweep.create_sweep(plan, configs, tmp_path / "sweep")
+    held = sweep._lock(out)  # as a running `run.py sweep` holds it
+    try:
+        code, lines = run_main(capsys, ["sweep", "--resume", str(out)])
+    finally:
+        held.close()
+    assert code == 2 and len(lines) == 1 and f"sweep '{out}' is being run by another process" in lines[0]
+    assert not (out / "tune").exists() and not any((out / "trials").iterdir())
+
+
 # ------------------------------------------------------------------------------- the summary
 def _write_trial(run_dir: Path, curve: list[tuple[int, float | None]], wins: list[float] | None, done: bool):
     """What a trial's run directory holds for the summary: metrics.jsonl and a checkpoint's

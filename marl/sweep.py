@@ -36,6 +36,7 @@ from __future__ import annotations
 import fcntl
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
@@ -389,11 +390,16 @@ def _fit(sweep_dir: Path, todo: list[str], log: Callable[[str], None]) -> dict[s
             failure_config=tune.FailureConfig(max_failures=0), callbacks=[_callback(log)],
         ),
     )
+    for name in ("ray.tune", "ray.air", "ray.train"):  # a failed trial is reported once, below
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     results = tuner.fit()
     failed = {}
     for result in results:
         if result.error is not None:
-            cause = _cause(result.error, (RunStopped,)) or result.error
+            error = result.error
+            while isinstance(getattr(error, "cause", None), BaseException):  # Ray's wrappers
+                error = error.cause
+            cause = _cause(error, (RunStopped,)) or error
             failed[result.config["trial"]] = str(cause) if isinstance(cause, RunStopped) else describe_exception(cause)
     return failed
 

@@ -194,8 +194,9 @@ def killed_and_resumed(tmp_path_factory):
     driver, Ray, Tune's trial workers) right after a first trial finished, then resumed."""
     tmp = tmp_path_factory.mktemp("sweep")
     out = tmp / "sweep"
-    proc = _start(["sweep", CONFIG, "--grid", "seed=0,1", "algo.lr=3e-4,5e-4", *TINY, "--out", str(out)],
-                  tmp / "first.log")
+    # A checkpoint every iteration: a trial killed after its first one continues from it.
+    proc = _start(["sweep", CONFIG, "--grid", "seed=0,1", "algo.lr=3e-4,5e-4", *TINY, "train.checkpoint_every=1",
+                   "--out", str(out)], tmp / "first.log")
     try:
         deadline = time.monotonic() + 900
         while not _finished(out):
@@ -204,28 +205,35 @@ def killed_and_resumed(tmp_path_factory):
             time.sleep(0.2)
     finally:
         _kill_group(proc)
-    before = {}
-    for name in _finished(out):
-        run = out / "trials" / name
-        before[name] = {
-            "metrics": (run / "metrics.jsonl").read_text(),
-            "mtime": (run / "metrics.jsonl").stat().st_mtime_ns,
-            "checkpoints": sorted(p.name for p in (run / "checkpoints").iterdir()),
-        }
+    before, started = {}, {}
+    for run in sorted((out / "trials").iterdir()):
+        status = sweep.trial_status(run, 400)
+        if status == "finished":
+            before[run.name] = {
+                "metrics": (run / "metrics.jsonl").read_text(),
+                "mtime": (run / "metrics.jsonl").stat().st_mtime_ns,
+                "checkpoints": sorted(p.name for p in (run / "checkpoints").iterdir()),
+            }
+        elif status == "started":  # the rows up to its last checkpoint, which resume keeps
+            _, ckpt = load_run(run)
+            upto = json.loads((ckpt / RUN_STATE).read_text())["iteration"]
+            started[run.name] = (run / "metrics.jsonl").read_text().splitlines()[:upto]
     resumed = _start(["sweep", "--resume", str(out)], tmp / "resume.log")
     try:
         code = resumed.wait(timeout=900)
     finally:
         _kill_group(resumed)
-    return out, before, code, (tmp / "resume.log").read_text()
+    return out, before, started, code, (tmp / "resume.log").read_text()
 
 
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_rerunning_finished_trials(killed_and_resumed):
-    out, before, code, log = killed_and_resumed
+    out, before, started, code, log = killed_and_resumed
     assert code == 0, log[-3000:]
     assert 1 <= len(before) < 4  # killed after a first trial finished, before the last one did
-    assert f"{len(before)} finished already (not re-run)" in log
+    assert f"{len(before)} finished already (not re-run), {len(started)} continue from their last checkpoint" in log
+    for name, rows in started.items():  # continued as run.py resume does: rows up to its checkpoint kept
+        assert (out / "trials" / name / "metrics.jsonl").read_text().splitlines()[:len(rows)] == rows
     for name, seen in before.items():
         run = out / "trials" / name
         assert (run / "metrics.jsonl").stat().st_mtime_ns == seen["mtime"]
@@ -239,7 +247,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(killed_and_resum
 
 @pytest.mark.slow
 def test_sweep_trials_are_run_directories_and_the_summary_matches_them(killed_and_resumed):
-    out, _, code, log = killed_and_resumed
+    out, _, _, code, log = killed_and_resumed
     assert code == 0, log[-3000:]
     assert log.strip().splitlines()[-1] == str(out)  # the sweep directory is the last line
     plan = sweep.load_sweep(out)

@@ -465,10 +465,12 @@ def summarise(sweep_dir: Path, plan: Plan) -> tuple[dict[str, Any], list[dict[st
         done = [r for r in rs if r["status"] == "finished" and r["curves"]["episode_return_mean"]]
         metric = "win_rate" if done and all(r["curves"]["win_rate"] for r in done) else "episode_return_mean"
         finals = [r["curves"][metric][-1][1] for r in done]
+        left_out = {r["name"]: "not finished" if r["status"] != "finished" else "no episode ended"
+                    for r in rs if r not in done}
         entry: dict[str, Any] = {
             "configuration": label, "params": {k: v for k, v in rs[0]["params"].items() if k != "seed"},
             "metric": metric, "trials": [r["name"] for r in rs], "seeds": [r["seed"] for r in done],
-            "finals": finals, "unfinished": [r["name"] for r in rs if r not in done],
+            "finals": finals, "left_out": left_out,
             "n": len(finals), "mean": None, "ci95": None, "iqm": None, "iqm_ci95": None,
         }
         if finals:
@@ -491,14 +493,19 @@ def _fmt(value: float | None, ci: list[float] | None, digits: int = 3) -> str:
     return text + (f" [{ci[0]:.{digits}g}, {ci[1]:.{digits}g}]" if ci else "")
 
 
+def _left_out(left_out: dict[str, str]) -> str:
+    reasons = list(left_out.values())
+    return ", ".join(f"{reasons.count(r)} {r}" for r in dict.fromkeys(reasons))
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
-    head = "| configuration | metric | n | mean [95% CI] | IQM [95% CI] | per seed | unfinished |"
+    head = "| configuration | metric | n | mean [95% CI] | IQM [95% CI] | per seed | left out |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in summary["configurations"]:
         per_seed = ", ".join(f"{s}: {v:.4g}" for s, v in zip(c["seeds"], c["finals"], strict=True)) or "—"
         lines.append(
             f"| {c['configuration']} | {c['metric']} | {c['n']} | {_fmt(c['mean'], c['ci95'])} | "
-            f"{_fmt(c['iqm'], c['iqm_ci95'])} | {per_seed} | {len(c['unfinished']) or ''} |"
+            f"{_fmt(c['iqm'], c['iqm_ci95'])} | {per_seed} | {_left_out(c['left_out'])} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -513,7 +520,7 @@ def _markdown(summary: dict[str, Any]) -> str:
         "the last 100 episodes; `win_rate` where the env reports wins, else the team return summed",
         "over agents and time). Across the seeds of each configuration: mean and interquartile mean",
         "(IQM) with percentile-bootstrap 95% CIs (scipy.stats.bootstrap, 5000 resamples; none for",
-        "one seed).", "",
+        "one seed). Left out: trials not finished, or in which no episode ended.", "",
         markdown_table(summary),
     ]
     if summary["png"]:
@@ -539,7 +546,7 @@ def _plot(summary: dict[str, Any], records: list[dict[str, Any]], path: Path) ->
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         for k, c in enumerate(x for x in configs if x["metric"] == metric):
-            curves = [by_name[n]["curves"][metric] for n in c["trials"] if n not in c["unfinished"]]
+            curves = [by_name[n]["curves"][metric] for n in c["trials"] if n not in c["left_out"]]
             x, mean, half = curve_band(curves)
             color = f"C{k % 10}"
             for curve in curves:

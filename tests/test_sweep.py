@@ -21,7 +21,10 @@ from marl.train import RUN_STATE, load_run
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/env/coordination3.yaml"
-TINY = ["train.total_env_steps=400", "algo.train_batch_size=200", "algo.minibatch_size=100"]
+# Two iterations of 200 steps; 4 envs of 25-step episodes end episodes in every iteration, so a
+# trial resumed after its first iteration still has a return at its second.
+TINY = ["train.total_env_steps=400", "algo.train_batch_size=200", "algo.minibatch_size=100",
+        "runners.num_envs_per_env_runner=4"]
 
 
 def run_main(capsys, argv):
@@ -139,8 +142,9 @@ def test_summary_statistics_per_configuration(tmp_path):
     for t in plan.trials:
         lr, seed = t.params["algo.lr"], int(t.params["seed"])
         wins = [0.5, finals[lr][seed] / 100] if lr == "3e-4" else None  # 3e-4: an env that reports wins
-        _write_trial(out / "trials" / t.name, [(200, None), (400, finals[lr][seed])], wins,
-                     done=not (lr == "5e-4" and seed == 3))  # one trial has not finished
+        last = None if (lr, seed) == ("5e-4", 2) else finals[lr][seed]  # no episode ended in it
+        _write_trial(out / "trials" / t.name, [(200, None), (400, last)], wins,
+                     done=(lr, seed) != ("5e-4", 3))  # one trial has not finished
     summary = sweep.write_summary(out, plan)
     wins, returns = summary["configurations"]
     assert wins["configuration"] == "algo.lr=3e-4" and wins["metric"] == "win_rate"
@@ -150,11 +154,12 @@ def test_summary_statistics_per_configuration(tmp_path):
     lo, hi = wins["ci95"]
     assert 0.1 <= lo < 0.4 < hi <= 1.0
     assert returns["metric"] == "episode_return_mean" and returns["params"] == {"algo.lr": 5e-4}
-    assert returns["finals"] == [1.0, 2.0, 3.0] and returns["n"] == 3  # the unfinished trial is left out
-    assert returns["unfinished"] == [plan.trials[-1].name]
-    assert returns["mean"] == pytest.approx(2.0) and returns["iqm"] == pytest.approx(2.0)
+    assert returns["finals"] == [1.0, 2.0] and returns["n"] == 2 and returns["seeds"] == [0, 1]
+    assert returns["left_out"] == {plan.trials[-2].name: "no episode ended", plan.trials[-1].name: "not finished"}
+    assert returns["mean"] == pytest.approx(1.5) and returns["iqm"] == pytest.approx(1.5)
     md = (out / "summary.md").read_text()
-    assert "| algo.lr=3e-4 | win_rate | 4 | 0.4 [" in md and "| algo.lr=5e-4 | episode_return_mean | 3 | 2 [" in md
+    assert "| algo.lr=3e-4 | win_rate | 4 | 0.4 [" in md
+    assert "| algo.lr=5e-4 | episode_return_mean | 2 | 1.5 [" in md and "| 1 no episode ended, 1 not finished |" in md
     assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "summary.json").read_text()) == summary
 
@@ -182,10 +187,14 @@ def _kill_group(proc: subprocess.Popen) -> None:
     raise AssertionError("processes of the killed sweep are still alive")
 
 
-def _finished(sweep_dir: Path) -> list[str]:
+def _statuses(sweep_dir: Path) -> dict[str, str]:
     trials = sweep_dir / "trials"
     names = sorted(p.name for p in trials.iterdir()) if trials.is_dir() else []
-    return [n for n in names if sweep.trial_status(trials / n, 400) == "finished"]
+    return {n: sweep.trial_status(trials / n, 400) for n in names}
+
+
+def _finished(sweep_dir: Path) -> list[str]:
+    return [n for n, s in _statuses(sweep_dir).items() if s == "finished"]
 
 
 @pytest.fixture(scope="module")
@@ -198,11 +207,18 @@ def killed_and_resumed(tmp_path_factory):
     proc = _start(["sweep", CONFIG, "--grid", "seed=0,1", "algo.lr=3e-4,5e-4", *TINY, "train.checkpoint_every=1",
                    "--out", str(out)], tmp / "first.log")
     try:
+        # Kill once a trial has finished and, where it can be caught, another one has a
+        # checkpoint but has not finished (it then continues from it; caught unless it
+        # finishes in the few milliseconds between the check and the kill).
         deadline = time.monotonic() + 900
-        while not _finished(out):
+        while True:
+            status = _statuses(out)
+            done = [n for n, s in status.items() if s == "finished"]
+            if done and ("started" in status.values() or len(done) >= 3):
+                break
             assert proc.poll() is None, (tmp / "first.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no trial finished in 900 s"
-            time.sleep(0.2)
+            time.sleep(0.1)
     finally:
         _kill_group(proc)
     before, started = {}, {}

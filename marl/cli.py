@@ -1,4 +1,4 @@
-"""Command line: ``run.py train | resume | evaluate | attack | report | detect | submit | jobs``.
+"""Command line: ``run.py train | resume | evaluate | attack | report | detect | sweep | submit | jobs``.
 
 Bad input ends a command with exit code 2 and one ``error: ...`` line on stderr, before
 anything is created. A run that stops (diverged, an env that keeps failing or returns NaN, or
@@ -86,6 +86,26 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
                     help="attack run directories, or folders that hold them")
     rp.add_argument("--out", type=Path, help="a new or empty directory (default: runs/report-<time>)")
+
+    sw = sub.add_parser(
+        "sweep", parents=[ray_opts],
+        help="run a grid of configs on Ray Tune, each trial a normal run directory; writes "
+        "summary.md, summary.json and summary.png; prints the sweep directory last",
+    )
+    sw.add_argument("config", nargs="?", help="YAML config (default: configs/default.yaml)")
+    sw.add_argument("overrides", nargs="*", help="dotted overrides for every trial, e.g. train.total_env_steps=1e5")
+    sw.add_argument(
+        "--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2",
+        help="grid axes, e.g. --grid seed=0,1,2 algo.lr=3e-4,5e-4 (every combination is a trial; "
+        "an item with one value is an override of every trial)",
+    )
+    sw.add_argument("--samples", type=int, default=1,
+                    help="N seeds of each grid point: seed, seed+1, ..., seed+N-1 (without a seed axis)")
+    sw.add_argument("--out", type=Path, help="a new or empty directory (default: <output_dir>/sweep-<name>-<time>)")
+    sw.add_argument("--resume", type=Path, metavar="SWEEP_DIR",
+                    help="continue a sweep: finished trials are not re-run, started ones continue "
+                    "from their last checkpoint")
+    sw.add_argument("--summary", type=Path, metavar="SWEEP_DIR", help="rebuild a sweep's summary only")
 
     d = sub.add_parser(
         "detect",
@@ -235,6 +255,38 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from marl import sweep
+
+    existing = [(flag, path) for flag, path in (("--resume", args.resume), ("--summary", args.summary)) if path]
+    if existing:
+        flag, path = existing[0]
+        given = [x for x in ([args.config] if args.config else []) + args.overrides + args.extra + args.grid]
+        if len(existing) > 1 or given or args.out or args.samples != 1:
+            raise UserError(f"{flag} SWEEP_DIR takes no config, --grid, --samples, --out or overrides: "
+                            "the sweep's own sweep.json says what to run")
+        plan = sweep.load_sweep(path)
+        if flag == "--resume":
+            summary = sweep.run_sweep(path, plan)
+        else:
+            summary = sweep.write_summary(path, plan)
+    else:
+        config, overrides = _split_train_args(args.config, [*args.overrides, *args.extra])
+        plan, configs, base = sweep.plan_sweep(config, overrides, args.grid, args.samples)
+        path = args.out or sweep.default_sweep_dir(base)
+        sweep.check_new_dir(path)
+        from marl.train import init_ray
+
+        init_ray()  # before the sweep directory: a cluster that cannot be joined leaves nothing behind
+        sweep.create_sweep(plan, configs, path)
+        print(f"sweep directory: {path} (continue a stopped sweep with: run.py sweep --resume {path})",
+              file=sys.stderr)
+        summary = sweep.run_sweep(path, plan)
+    print(sweep.markdown_table(summary), end="")
+    print(path)
+    return 0
+
+
 def _cmd_detect(args) -> int:
     from datetime import datetime
 
@@ -368,10 +420,11 @@ class _Watched:
         return getattr(self.stream, name)
 
 
-TAKES_OVERRIDES = {"train", "attack"}  # positionals after an option arrive as extras
+TAKES_OVERRIDES = {"train", "attack", "sweep"}  # positionals after an option arrive as extras
 COMMANDS = {
     "train": _cmd_train, "resume": _cmd_resume, "evaluate": _cmd_evaluate, "attack": _cmd_attack,
-    "report": _cmd_report, "detect": _cmd_detect, "submit": _cmd_submit, "jobs": _cmd_jobs,
+    "report": _cmd_report, "detect": _cmd_detect, "sweep": _cmd_sweep, "submit": _cmd_submit,
+    "jobs": _cmd_jobs,
 }
 
 

@@ -35,7 +35,7 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -217,11 +217,15 @@ def _num(x: Any) -> float | None:
 class Trainer:
     """Drives ``Algorithm.train()`` until the env-step budget is spent."""
 
-    def __init__(self, cfg: Config, run_dir: Path, state: RunState | None = None, build_config=None):
+    def __init__(self, cfg: Config, run_dir: Path, state: RunState | None = None, build_config=None,
+                 on_row: Callable[[dict[str, Any]], None] | None = None):
         """``build_config(cfg) -> AlgorithmConfig`` (default: the ``algo.name`` registry);
-        other run types (an attack) pass their own builder and config."""
+        other run types (an attack) pass their own builder and config. ``on_row(row)`` is called
+        with each metrics.jsonl row once it is written (and its checkpoint, if any, saved): a
+        sweep trial reports it to Ray Tune (marl/sweep.py)."""
         self.cfg, self.run_dir = cfg, run_dir
         self.build_config = build_config
+        self.on_row = on_row
         self.state = state or RunState()
         self.algo = None
         self.writer = None
@@ -292,6 +296,8 @@ class Trainer:
                 if at_checkpoint:
                     last_ckpt = self.save_checkpoint()
                     self._draw_graphs()
+                if self.on_row is not None:
+                    self.on_row(row)
         self.writer.close()
         return self.run_dir
 
@@ -560,12 +566,17 @@ def crash_reported(run_dir: Path, what: str = "training") -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------ entry points
-def train(cfg: Config) -> Path:
+def train(cfg: Config, run_dir: Path | None = None, on_row: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """A new run: in a new directory under ``cfg.output_dir``, or at ``run_dir`` (which must
+    not exist yet: a sweep names its trials' directories). ``on_row``: see ``Trainer``."""
     init_ray()  # before the run directory: a cluster that cannot be joined leaves nothing behind
-    run_dir = create_run_dir(cfg)
+    if run_dir is None:
+        run_dir = create_run_dir(cfg)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=False)
     (run_dir / "plots").mkdir()
     write_config(cfg, run_dir / "config.yaml")
-    trainer = Trainer(cfg, run_dir)
+    trainer = Trainer(cfg, run_dir, on_row=on_row)
     try:
         try:
             trainer.build()
@@ -616,14 +627,14 @@ def load_run(run_dir: Path) -> tuple[Config, Path]:
     return cfg, ckpt
 
 
-def resume(run_dir: Path) -> Path:
+def resume(run_dir: Path, on_row: Callable[[dict[str, Any]], None] | None = None) -> Path:
     cfg, ckpt = load_run(run_dir)
     state = RunState(**json.loads((ckpt / RUN_STATE).read_text()))
     init_ray()
     check_cluster(cfg.runners)  # before anything in the run directory changes
     truncate_metrics(run_dir / "metrics.jsonl", state.iteration)
     print(f"resuming {run_dir} from {ckpt.name} (env step {state.env_steps})", file=sys.stderr)
-    trainer = Trainer(cfg, run_dir, state)
+    trainer = Trainer(cfg, run_dir, state, on_row=on_row)
     try:
         with crash_reported(run_dir, "resuming the run"):
             trainer.build(resume_from=ckpt)

@@ -107,17 +107,19 @@ def _compiled(map_name: str, platform: str, kwargs_items: tuple):
 
 @functools.cache
 def _compiled_batched(map_name: str, platform: str, kwargs_items: tuple):
-    """Reset and step of B copies as one jitted, vmapped call each, with the team adapter's
+    """Step and reset of B copies, each one jitted, vmapped call, with the team adapter's
     translation (envs/adapter.py over envs/battle.py) done inside it, array-wise:
 
     - an agent dead after the step (SMAX's per-agent done) has a zero observation, only the
       no-op allowed and ``alive`` 0, as TeamEnv gives it;
     - the team reward is SMAX's ally reward (paid once, as envs/battle.py pays it);
     - the battle's end is a termination, or a truncation on a time-out; ``won`` as
-      ``battle_won``;
-    - a copy whose battle ended is reset in the same call from its own key, split as
-      ``SmaxParallelEnv.reset()`` without a seed splits it (RLlib's auto-reset), so copy b
-      seeded with s runs the same episodes as a ``SmaxParallelEnv`` reset with seed s.
+      ``battle_won``.
+
+    ``reset_where(keys, states, obs, over)`` resets the copies where ``over`` from their own
+    keys, split as ``SmaxParallelEnv.reset()`` without a seed splits it (RLlib's auto-reset),
+    so copy b seeded with s runs the same episodes as a ``SmaxParallelEnv`` reset with seed s.
+    The first reset is the same call with every copy ``over``: the reset compiles once.
     """
     import jax
     import jax.numpy as jnp
@@ -135,25 +137,23 @@ def _compiled_batched(map_name: str, platform: str, kwargs_items: tuple):
             "alive": alive.astype(jnp.float32),
         }
 
-    def b_reset(keys):
-        keys, states, (obs, ws, avail) = v_reset(keys)
-        return keys, states, team_view(obs, ws, avail, jnp.ones(obs.shape[:2], bool))
-
     def b_step(keys, states, actions):
         keys, states, (obs, ws, avail), (rewards, dones, over, won, timeout) = v_step(keys, states, actions)
         final = team_view(obs, ws, avail, ~dones)
-        r_keys, r_states, r_obs = b_reset(keys)
+        out = (rewards[:, 0].astype(jnp.float32), over & ~timeout, over & timeout, over & won)
+        return keys, states, final, out
+
+    def reset_where(keys, states, obs, over):
+        r_keys, r_states, (r_obs, r_ws, r_avail) = v_reset(keys)
+        fresh = team_view(r_obs, r_ws, r_avail, jnp.ones(r_obs.shape[:2], bool))
 
         def pick(new, old):
             return jnp.where(over.reshape(over.shape + (1,) * (old.ndim - 1)), new, old)
 
-        keys = pick(r_keys, keys)
-        states = jax.tree_util.tree_map(pick, r_states, states)
-        nxt = {k: pick(r_obs[k], v) for k, v in final.items()}
-        out = (rewards[:, 0].astype(jnp.float32), over & ~timeout, over & timeout, over & won)
-        return keys, states, nxt, final, out
+        return (pick(r_keys, keys), jax.tree_util.tree_map(pick, r_states, states),
+                {k: pick(fresh[k], v) for k, v in obs.items()})
 
-    return env, jax.jit(b_reset), jax.jit(b_step)
+    return env, jax.jit(reset_where), jax.jit(b_step)
 
 
 class SmaxParallelEnv(BattleParallelEnv):
@@ -196,22 +196,28 @@ def parallel_env(**kwargs) -> SmaxParallelEnv:
 
 class SmaxBatchedEnv(BatchedTeamEnv):
     """B copies of ``SmaxParallelEnv`` seen through the team adapter, stepped as one jitted,
-    vmapped call (envs/batched.py). Copy b reset with seed s gives the observations, rewards
-    and ends that ``TeamEnv`` over ``SmaxParallelEnv`` gives when reset with seed s and fed the
-    same actions (tests/test_batched.py checks it)."""
+    vmapped call (envs/batched.py); copies whose battle ended are reset by a second call, only
+    in steps where some did. Copy b reset with seed s gives the observations, rewards and ends
+    that ``TeamEnv`` over ``SmaxParallelEnv`` gives when reset with seed s and fed the same
+    actions (tests/test_batched.py checks it)."""
 
     def __init__(self, num_envs: int, map_name: str = "smacv2_5_units", platform: str = "cpu", **smax_kwargs):
         import jax
 
         self._jax = jax
         items = tuple(sorted(smax_kwargs.items()))
-        env, self._reset, self._step = _compiled_batched(map_name, platform, items)
+        env, self._reset_where, self._step = _compiled_batched(map_name, platform, items)
         self.num_envs = int(num_envs)
         agents = list(env.agents)
         n = len(agents)
-        # Shapes from an abstract evaluation of the reset (nothing runs).
-        shapes = jax.eval_shape(self._reset, jax.ShapeDtypeStruct((1, 2), np.uint32))[2]
-        obs_dim, state_dim = shapes["obs"].shape[-1], shapes["state"].shape[-1]
+        # Shapes from an abstract evaluation (nothing runs): the step's state and observation.
+        _, reset, step = _functions(map_name, platform, items)
+        key = jax.ShapeDtypeStruct((self.num_envs, 2), np.uint32)
+        _, state, _ = jax.eval_shape(jax.vmap(reset), key)
+        act = jax.ShapeDtypeStruct((self.num_envs, n), np.int32)
+        _, _, obs, _ = jax.eval_shape(self._step, key, state, act)
+        self._blank = (state, obs)
+        obs_dim, state_dim = obs["obs"].shape[-1], obs["state"].shape[-1]
         n_actions = int(env.action_space(agents[0]).n)
         self.spec = TeamSpec(self.team, agents, obs_dim, n_actions, state_dim, [n_actions] * n)
         self.observation_space = self.team_obs_space(n, obs_dim, state_dim, n_actions)
@@ -223,16 +229,23 @@ class SmaxBatchedEnv(BatchedTeamEnv):
         if seeds is None:
             seeds = np.random.SeedSequence().generate_state(self.num_envs).tolist()
         keys = jax.numpy.stack([jax.random.PRNGKey(int(s)) for s in seeds])
-        self._keys, self._states, obs = self._reset(keys)
+        zeros = jax.tree_util.tree_map(lambda x: jax.numpy.zeros(x.shape, x.dtype), self._blank)
+        every = jax.numpy.ones(self.num_envs, bool)
+        self._keys, self._states, obs = self._reset_where(keys, zeros[0], zeros[1], every)
         return {k: np.asarray(v) for k, v in jax.device_get(obs).items()}
 
     def step(self, actions):
+        jax = self._jax
         actions = np.asarray(actions, np.int32).reshape(self.num_envs, self.spec.n_agents)
-        self._keys, self._states, nxt, final, out = self._step(self._keys, self._states, actions)
-        nxt, final, (reward, term, trunc, won) = self._jax.device_get((nxt, final, out))
+        self._keys, self._states, final, out = self._step(self._keys, self._states, actions)
+        reward, term, trunc, won = (np.asarray(x) for x in jax.device_get(out))
+        over = term | trunc
+        nxt = final
+        if over.any():
+            self._keys, self._states, nxt = self._reset_where(self._keys, self._states, final, over)
+        final, nxt = jax.device_get((final, nxt))
         as_np = lambda d: {k: np.asarray(v) for k, v in d.items()}  # noqa: E731
-        return BatchedStep(as_np(nxt), as_np(final), np.asarray(reward), np.asarray(term),
-                           np.asarray(trunc), np.asarray(won))
+        return BatchedStep(as_np(nxt), as_np(final), reward, term, trunc, won)
 
 
 def batched_env(num_envs: int, **kwargs) -> SmaxBatchedEnv:

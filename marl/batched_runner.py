@@ -271,7 +271,7 @@ class BatchedEnvRunner(FaultTolerantEnvRunner):
         """Cut each copy's [T] record into episode chunks (at its episode ends) and wrap each
         as RLlib's runner would have built it step by step."""
         episodes: list[MultiAgentEpisode] = []
-        n_done = 0
+        finished: list[tuple[int, float, float]] = []  # (length, return, seconds) per ended episode
         seq = self._weights_seq_no
         for i in range(self.num_envs):
             start = 0
@@ -280,13 +280,19 @@ class BatchedEnvRunner(FaultTolerantEnvRunner):
                 ep = self._chunk(i, team, chunk_obs, outs, rewards, start, t_end + 1, seq,
                                  bool(term[t_end, i]), bool(trunc[t_end, i]), won)
                 episodes.append(ep)
-                self._end_episode(i, ep)
-                n_done += 1
+                finished.append(self._end_episode(i, ep))
                 start = t_end + 1
             if start < steps:
                 chunk_obs = {k: v[start: steps + 1, i] for k, v in obs.items()}
                 episodes.append(self._chunk(i, team, chunk_obs, outs, rewards, start, steps, seq, False, False, None))
-        self._count(team, steps * self.num_envs, n_done)
+        self._count(team, steps * self.num_envs, len(finished))
+        # RLlib's runner logs every ended episode into windows of the last `win` episodes
+        # (mean, min, max); the last `win` of this sample leave the same windows, at a fraction
+        # of the cost (a MetricsLogger call is about a millisecond).
+        win = max(1, math.ceil(self.config.metrics_num_episodes_for_smoothing / (self.config.num_env_runners or 1)))
+        mid = self._module_id
+        for length, ret, seconds in finished[-win:]:
+            self._log_episode_metrics(length, ret, seconds, {str(team): ret}, {mid: ret}, {str(team): length})
         return episodes
 
     def _chunk(self, i, team, chunk_obs, outs, rewards, start, stop, seq, terminated, truncated, won):
@@ -330,13 +336,11 @@ class BatchedEnvRunner(FaultTolerantEnvRunner):
         self._ep_return[i] += float(rewards[start:stop, i].sum())
         return ma
 
-    def _end_episode(self, i: int, last_chunk: MultiAgentEpisode) -> None:
-        """Episode metrics as RLlib's runner logs them, the ``on_episode_end`` callbacks, and a
-        fresh episode for copy i."""
-        team, mid = self.env.batched.team, self._module_id
+    def _end_episode(self, i: int, last_chunk: MultiAgentEpisode) -> tuple[int, float, float]:
+        """The ``on_episode_end`` callbacks and a fresh episode for copy i; returns the ended
+        episode's length, return and duration."""
         ret, length = float(self._ep_return[i]), int(self._ep_t[i])
         seconds = time.perf_counter() - float(self._ep_start[i])
-        self._log_episode_metrics(length, ret, seconds, {str(team): ret}, {mid: ret}, {str(team): length})
         make_callback(
             "on_episode_end",
             callbacks_objects=self._callbacks,
@@ -346,6 +350,7 @@ class BatchedEnvRunner(FaultTolerantEnvRunner):
         )
         self._ep_ids[i] = uuid.uuid4().hex
         self._ep_t[i], self._ep_return[i], self._ep_start[i] = 0, 0.0, time.perf_counter()
+        return length, ret, seconds
 
     def _count(self, team: Any, env_steps: int, episodes: int) -> None:
         """The sampling counters RLlib's runner logs step by step, in bulk."""

@@ -343,7 +343,7 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 # Optional packages -> the pyproject extra that installs them.
 OPTIONAL_EXTRAS = {
     "jaxmarl": "smax", "jax": "smax", "gymnasium_robotics": "mujoco", "mujoco": "mujoco",
-    "lbforaging": "lbf", "rware": "rware", "smacv2": "smacv2",
+    "lbforaging": "lbf", "rware": "rware", "smacv2": "smacv2", "vmas": "vmas",
 }
 
 UNION_TAGS = {"float", "int", "str", "bool", "none"}

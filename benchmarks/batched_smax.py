@@ -17,8 +17,9 @@ EnvRunner (``num_env_runners=0``) and a local learner, torch on 1 thread, JAX on
 JIT compile happens in an untimed warm-up iteration. The timed ``train()`` calls (sampling +
 learning) are interleaved, one of each in turn, so load from other processes hits them alike.
 ``per_cpu_s`` is env steps per CPU second of this process (everything runs in it), which a
-shared machine's load disturbs far less than wall time. The last stdout line is one JSON
-object.
+shared machine's load disturbs far less than wall time. ``sampling`` times the same runners'
+``sample()`` of one train batch alone (no learner), interleaved likewise: the part of an
+iteration that the batched path changes. The last stdout line is one JSON object.
 
     python benchmarks/batched_smax.py [--iterations 3] [--batch 8192] [--batched-envs 512]
 """
@@ -92,6 +93,16 @@ def time_algos(algos: dict, iterations: int) -> dict[str, dict]:
             a["wall"] += time.perf_counter() - w0
             a["cpu"] += time.process_time() - c0
             a["steps"] += int(result["env_runners"]["num_env_steps_sampled"])
+    # Sampling alone: the same EnvRunners' sample() of one train batch, interleaved.
+    for _ in range(iterations):
+        for name, algo in algos.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            episodes = algo.env_runner.sample(num_timesteps=algo.config.train_batch_size)
+            a = acc[name]
+            a["sample_wall"] = a.get("sample_wall", 0.0) + time.perf_counter() - w0
+            a["sample_cpu"] = a.get("sample_cpu", 0.0) + time.process_time() - c0
+            a["sample_steps"] = a.get("sample_steps", 0) + sum(len(e) for e in episodes)
+            algo.env_runner.get_metrics()
     out = {}
     for name, algo in algos.items():
         algo.stop()
@@ -99,7 +110,9 @@ def time_algos(algos: dict, iterations: int) -> dict[str, dict]:
         out[name] = {"steps_per_s": round(a["steps"] / a["wall"], 1),
                      "steps_per_cpu_s": round(a["steps"] / a["cpu"], 1),
                      "env_steps_per_iter": a["steps"] / iterations,
-                     "wall_s_per_iter": round(a["wall"] / iterations, 2)}
+                     "wall_s_per_iter": round(a["wall"] / iterations, 2),
+                     "sampling_steps_per_s": round(a["sample_steps"] / a["sample_wall"], 1),
+                     "sampling_steps_per_cpu_s": round(a["sample_steps"] / a["sample_cpu"], 1)}
     return out
 
 
@@ -128,7 +141,10 @@ def main() -> None:
     out["per_cpu_s"] = {k: v["steps_per_cpu_s"] for k, v in details.items()}
     out["env_steps_per_iter"] = {k: v["env_steps_per_iter"] for k, v in details.items()}
     out["wall_s_per_iter"] = {k: v["wall_s_per_iter"] for k, v in details.items()}
-    for table, rate in (("ratios", out), ("ratios_per_cpu_s", out["per_cpu_s"])):
+    out["sampling"] = {k: v["sampling_steps_per_s"] for k, v in details.items()}
+    out["sampling_per_cpu_s"] = {k: v["sampling_steps_per_cpu_s"] for k, v in details.items()}
+    for table, rate in (("ratios", out), ("ratios_per_cpu_s", out["per_cpu_s"]),
+                        ("sampling_ratios", out["sampling"]), ("sampling_ratios_per_cpu_s", out["sampling_per_cpu_s"])):
         out[table] = {
             "batched_vs_rllib_ppo": round(rate["batched"] / rate["rllib_ppo"], 2),
             "batched_vs_per_env": round(rate["batched"] / rate["per_env"], 2),

@@ -12,7 +12,7 @@ from envs import TeamEnv  # noqa: E402
 from marl.config import load_config  # noqa: E402
 from marl.errors import ConfigError  # noqa: E402
 
-MAP = "smacv2_5_units"  # random unit types and start positions: the seeds matter
+MAP = "3m"  # the map tests/test_smax.py compiles too (a JAX compile costs seconds of CPU)
 SEED = 7
 
 
@@ -27,6 +27,7 @@ def assert_same_obs(batched: dict, row: int, team_obs: dict, what: str) -> None:
         np.testing.assert_allclose(batched[key][row], value, rtol=1e-6, atol=1e-6, err_msg=f"{what}: {key}")
 
 
+@pytest.mark.slow  # JAX compiles the vmapped step: about 10 s of CPU
 def test_batched_smax_gives_the_per_env_paths_observations_rewards_and_ends():
     """B copies in one vmapped call against B TeamEnv(SmaxParallelEnv) fed the same actions,
     copy b and env b both seeded with SEED + b; through episode ends and auto-resets."""
@@ -58,7 +59,7 @@ def test_batched_smax_gives_the_per_env_paths_observations_rewards_and_ends():
             else:
                 assert_same_obs(step.obs, i, o["team_0"], f"step {t}, copy {i}")
         obs = step.obs
-    assert ends >= 3  # the auto-reset was exercised (about one end per 35 steps and copy)
+    assert ends >= 3  # the auto-reset was exercised
 
 
 def test_vmas_scenarios_in_both_forms_share_spaces_and_end_at_the_time_limit():

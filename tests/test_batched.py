@@ -96,6 +96,11 @@ def test_batched_config_needs_a_batched_env_and_refuses_what_it_does_not_do():
         load_config(None, [*vmas, "model.agent_modeling={name: clam}"])
     with pytest.raises(ConfigError, match=r"runners\.batched.*nonfinite_env_output"):
         load_config(None, [*vmas, "runners.nonfinite_env_output=end_episode"])
+    from adversaries.config import ATTACK_BASE, _validate, merge_layers, read_yaml
+
+    attack = merge_layers([read_yaml(ATTACK_BASE), {"victim": {"checkpoint": "x"}, "runners": {"batched": True}}])
+    with pytest.raises(ConfigError, match=r"runners\.batched.*attack env"):
+        _validate(attack)
 
 
 def _columns(batch: dict, prefix: str = "") -> dict:

@@ -155,3 +155,45 @@ def test_batched_runner_feeds_the_learner_the_per_env_paths_batch_and_trains():
     for i in range(b):
         state = env.reset(seed=SEED + i)[0]["team_0"]["state"]
         assert np.isclose(starts, state, atol=1e-6).all(axis=1).any(), f"no episode starts from seed {SEED + i}"
+
+
+@pytest.mark.slow
+def test_batched_env_that_raises_is_a_counted_fault_its_sample_redone_and_bounded():
+    """An env whose batched step raises once: counted (``env_faults`` 1 in that iteration), the
+    env recreated, the iteration's sample redone from fresh episodes (no chunk of the episodes
+    in progress when it raised), the batch full. One that always raises stops past
+    ``max_env_faults_per_iteration``."""
+    from marl.algorithms import build_algorithm_config
+    from marl.errors import EnvFaultsExceeded
+    from marl.train import init_ray
+    from tests import toy_batched
+
+    init_ray()
+    base = ["env.import=tests.toy_batched", "runners.batched=true", "runners.num_envs_per_env_runner=4",
+            "algo.train_batch_size=40", "algo.minibatch_size=20", "algo.num_epochs=1"]
+    toy_batched.FlakyBatchedEnv.steps_taken = 0
+    algo = build_algorithm_config(load_config(None, [*base, "env.kwargs={fail_at: 15}"])).build_algo()
+    seen: list[float] = []
+    try:
+        faults = []
+        for _ in range(3):
+            eps = algo.env_runner.sample(num_timesteps=40)
+            seen += [float(s) for e in eps for s in e.agent_episodes["team_0"].get_observations(slice(0, None))["obs"][:, 0, 1]]
+            metrics = algo.env_runner.get_metrics()
+            faults.append(int(np.nan_to_num(float(metrics.get("env_faults", 0)))))  # NaN: none this time
+            assert sum(len(e) for e in eps) == 40
+        assert faults == [0, 1, 0]
+        broken = toy_batched.FlakyBatchedEnv.broken
+        assert len(broken) == 4 and not set(broken) & set(seen)
+        assert max(seen) > max(broken)  # fresh episodes after the fault trained
+    finally:
+        algo.stop()
+    algo = build_algorithm_config(load_config(None, [
+        *base, "env.kwargs={fail_at: 5, always: true}", "runners.max_env_faults_per_iteration=2"])).build_algo()
+    toy_batched.FlakyBatchedEnv.steps_taken = 0
+    try:
+        with pytest.raises(EnvFaultsExceeded, match="3 env faults in one iteration"):
+            for _ in range(3):
+                algo.env_runner.sample(num_timesteps=40)
+    finally:
+        algo.stop()

@@ -124,9 +124,15 @@ class AttackSetup:
 
 def _validate(merged: dict[str, Any], where: str = "") -> AttackConfig:
     try:
-        return AttackConfig.model_validate(merged)
+        cfg = AttackConfig.model_validate(merged)
     except ValidationError as e:
         raise ConfigError(where + format_error(e.errors()[0], AttackConfig)) from None
+    if cfg.runners.batched:  # marl/batched_runner.py steps an env's batched form; AttackEnv has none
+        raise ConfigError(
+            f"{where}config key 'runners.batched': the attacker trains in the attack env (victims folded "
+            "in), which has no batched form; set runners.batched=false"
+        )
+    return cfg
 
 
 def load_attack_config(

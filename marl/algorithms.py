@@ -20,6 +20,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.from_config import NotProvided
 
 from envs.adapter import TeamEnv
+from marl.batched_runner import BatchedEnvRunner
 from marl.callbacks import WinRateCallback
 from marl.checkpoints import MODULE_CLASSES, frozen_source, load_frozen_teams
 from marl.config import Config, EnvConfig, TeamRole, build_env
@@ -28,6 +29,10 @@ from marl.learners import JointPPOLearner
 from marl.modules import JointPolicyModule
 from marl.modules.scripted import ScriptedTeamModule
 from marl.runners import MAX_FAULTS_KEY, REPORT_KEY, FaultTolerantEnvRunner
+
+# runners.batched -> the EnvRunner class: RLlib's per-env vector env (faults counted), or one
+# batched call over all copies (envs/batched.py).
+ENV_RUNNERS: dict[bool, type] = {False: FaultTolerantEnvRunner, True: BatchedEnvRunner}
 
 
 def _team_of(agent_id, episode=None, **kwargs):
@@ -125,7 +130,7 @@ def build_ppo(
             num_envs_per_env_runner=r.num_envs_per_env_runner,
             num_gpus_per_env_runner=r.num_gpus_per_env_runner,
             rollout_fragment_length="auto",
-            env_runner_cls=FaultTolerantEnvRunner,
+            env_runner_cls=ENV_RUNNERS[bool(getattr(r, "batched", False))],
         )
         # A sub-environment that raises is recreated and its episode dropped (marl/runners.py
         # bounds how often); a remote EnvRunner process that dies is restarted.

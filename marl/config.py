@@ -221,6 +221,9 @@ class RunnersConfig(Strict):
     max_env_faults: NonNegInt = 100
     # NaN or inf from the env (envs/adapter.py): stop the run, or end that episode and count it.
     nonfinite_env_output: Literal["error", "end_episode"] = "error"
+    # Step the env's natively batched form (envs/batched.py) as one call per step over all
+    # num_envs_per_env_runner copies (marl/batched_runner.py); needs an env that offers one.
+    batched: bool = False
 
     @model_validator(mode="after")
     def _gpu_runners_are_remote(self) -> RunnersConfig:
@@ -368,7 +371,7 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 # Optional packages -> the pyproject extra that installs them.
 OPTIONAL_EXTRAS = {
     "jaxmarl": "smax", "jax": "smax", "gymnasium_robotics": "mujoco", "mujoco": "mujoco",
-    "lbforaging": "lbf", "rware": "rware", "smacv2": "smacv2",
+    "lbforaging": "lbf", "rware": "rware", "smacv2": "smacv2", "vmas": "vmas",
 }
 
 UNION_TAGS = {"float", "int", "str", "bool", "none"}
@@ -476,11 +479,37 @@ def _check_against_env(config: Config) -> None:
             defense.check(config, env)
     finally:
         env.close()
+    if config.runners.batched:
+        _check_batched(config)
     for j, i in config.model.graph.edges:
         if max(i, j) >= min(sizes):
             raise ConfigError(
                 f"config key 'model.graph.edges': edge [{j}, {i}] names an agent outside 0..{min(sizes) - 1}"
             )
+
+
+def _check_batched(config: Config) -> None:
+    """``runners.batched`` needs an env with a batched form, and refuses what the batched
+    runner does not do (marl/batched_runner.py), each with the key at fault."""
+    from envs.batched import BATCHED_FACTORY, resolve_batched_factory
+
+    key = "config key 'runners.batched'"
+    if resolve_batched_factory(config.env.import_) is None:
+        raise ConfigError(
+            f"{key}: env '{config.env.import_}' has no batched form (a '{BATCHED_FACTORY}' function "
+            "beside its parallel_env; envs.smax and envs.vmas_env have one); set runners.batched=false"
+        )
+    refused = {
+        "env.teams": (config.env.teams, "one team of every agent (env.teams: null)"),
+        "model.agent_modeling": (config.model.agent_modeling, "no agent-modelling history (null)"),
+        "defense": (config.defense, "no training-time defense (null)"),
+        "runners.nonfinite_env_output": (
+            config.runners.nonfinite_env_output != "error", "'error' (NaN from the env ends the run)"
+        ),
+    }
+    for name, (value, expected) in refused.items():
+        if value:
+            raise ConfigError(f"{key}: the batched runner needs {name} = {expected}; set runners.batched=false to use it")
 
 
 def config_from_file(path: Path) -> Config:

@@ -165,6 +165,8 @@ class AttackEnv(MultiAgentEnv):
         if self.fixed_attacked is None:
             self.attacked = [int(self.rng.integers(self.n))]
         obs, infos = self.env.reset(seed=seed, options=options)
+        for victim in self.victims.values():  # recurrent victims start the episode afresh
+            victim.reset()
         self._team_obs = obs
         self._prev = self._zero_joint()
         return {ATTACKER: self._attacker_obs()}, {ATTACKER: dict(infos.get(self.team, {}))}

@@ -78,6 +78,16 @@ class AttackConfig(Strict):
     runners: RunnersConfig
     train: TrainConfig
 
+    @pydantic.field_validator("model")
+    @classmethod
+    def _feed_forward_attacker(cls, model: ModelConfig) -> ModelConfig:
+        # Victims may be recurrent (adversaries/victims.py); the attackers' learners and the
+        # evaluation's attacker rollouts step a stateless module.
+        if model.recurrent is not None:
+            raise ValueError("recurrent must be null: an attacker's module is feed-forward "
+                             "(recurrent victims are supported)")
+        return model
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
 
@@ -114,9 +124,15 @@ class AttackSetup:
 
 def _validate(merged: dict[str, Any], where: str = "") -> AttackConfig:
     try:
-        return AttackConfig.model_validate(merged)
+        cfg = AttackConfig.model_validate(merged)
     except ValidationError as e:
         raise ConfigError(where + format_error(e.errors()[0], AttackConfig)) from None
+    if cfg.runners.batched:  # marl/batched_runner.py steps an env's batched form; AttackEnv has none
+        raise ConfigError(
+            f"{where}config key 'runners.batched': the attacker trains in the attack env (victims folded "
+            "in), which has no batched form; set runners.batched=false"
+        )
+    return cfg
 
 
 def load_attack_config(

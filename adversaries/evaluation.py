@@ -31,7 +31,7 @@ from adversaries import stealth
 from adversaries.attack_env import COIN_STREAM, AttackEnv
 from adversaries.base import ATTACKER
 from adversaries.config import AttackSetup
-from adversaries.victims import FrozenTeam, WhiteBoxVictim, own_policy
+from adversaries.victims import own_policy, white_box
 
 EVAL_FILE = "attack_eval.json"
 
@@ -114,7 +114,7 @@ def make_env(setup: AttackSetup, plugin, render: bool = False, history: dict | N
         config["env"] = {**config["env"], "kwargs": {**config["env"]["kwargs"], "render_mode": "rgb_array"}}
     env = AttackEnv(config)
     if setup.plugin_cls.threat_model == "observation":  # white-box: the victim's own module
-        wb = WhiteBoxVictim(FrozenTeam(setup.victim.modules[env.adv_team], env.team_space, setup.cfg.victim.deterministic))
+        wb = white_box(env.victims[env.adv_team])  # the env's own victim team (and its memory)
         env.perturb = lambda team_obs, ids: plugin.perturb(team_obs, wb, ids)
     return env
 

@@ -32,12 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from marl.errors import UserError
+from marl.stats import curve_band, mean_ci
 
 EVAL_FILE = "attack_eval.json"
-CI_RESAMPLES = 5000
 
 
 @dataclass
@@ -129,22 +128,6 @@ def group_runs(runs: list[AttackRun]) -> dict[str, list[Group]]:
     for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3], k[4])):
         by_victim[key[0]].append(groups[key])
     return dict(by_victim)
-
-
-# ---------------------------------------------------------------------------- statistics
-def mean_ci(values: list[float], seed: int = 0) -> dict[str, Any]:
-    """Mean over attack seeds with a percentile-bootstrap 95% CI (None with one seed)."""
-    a = np.asarray(values, float)
-    out: dict[str, Any] = {"mean": float(a.mean()), "n": int(a.size), "ci95": None}
-    if a.size >= 2:
-        if np.all(a == a[0]):  # the mean of equal values can miss them by an ulp: use the value
-            out["mean"] = float(a[0])
-            out["ci95"] = [float(a[0]), float(a[0])]
-        else:
-            res = stats.bootstrap((a,), np.mean, confidence_level=0.95, n_resamples=CI_RESAMPLES,
-                                  method="percentile", random_state=seed)
-            out["ci95"] = [float(res.confidence_interval.low), float(res.confidence_interval.high)]
-    return out
 
 
 def summarise(group: Group) -> dict[str, Any]:
@@ -256,15 +239,12 @@ def _plot_curves(slug: str, groups: list[Group], out: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for g in trained:
         curves = [r.curve for r in g.runs if r.curve]
-        length = min(len(c) for c in curves)
-        x = np.array([c[i][0] for c in curves[:1] for i in range(length)])
-        y = np.array([[c[i][1] for i in range(length)] for c in curves])
-        for row in y:
-            ax.plot(x, row, alpha=0.25, lw=0.8)
-        line = ax.plot(x, y.mean(0), lw=2, label=f"{g.label} ({len(curves)} seeds)")[0]
-        if len(curves) >= 2:
-            half = stats.t.ppf(0.975, len(curves) - 1) * y.std(0, ddof=1) / np.sqrt(len(curves))
-            ax.fill_between(x, y.mean(0) - half, y.mean(0) + half, color=line.get_color(), alpha=0.2)
+        x, mean, half = curve_band(curves)
+        for c in curves:
+            ax.plot(x, [p[1] for p in c[:len(x)]], alpha=0.25, lw=0.8)
+        line = ax.plot(x, mean, lw=2, label=f"{g.label} ({len(curves)} seeds)")[0]
+        if half is not None:
+            ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("attacker env steps")
     ax.set_ylabel("attacker return (−victim return)")
     ax.set_title(f"{slug}\nattack learning curves (mean, 95% t band)", fontsize=9)

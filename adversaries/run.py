@@ -24,6 +24,7 @@ from adversaries.evaluation import EVAL_FILE, evaluate_attack
 from marl.algorithms import build_ppo, learner_extras
 from marl.checkpoints import latest_checkpoint
 from marl.errors import BuildFailed, UserError
+from marl.resources import check_cluster
 from marl.train import (
     RUN_STATE,
     RunState,
@@ -31,6 +32,7 @@ from marl.train import (
     crash_reported,
     create_run_dir,
     describe_build_failure,
+    init_ray,
     truncate_metrics,
     write_config,
 )
@@ -60,6 +62,11 @@ def _train_and_evaluate(setup: AttackSetup, run_dir: Path, state: RunState | Non
     try:
         try:
             trainer.build(resume_from=resume_from)
+        except UserError:  # e.g. more runners or GPUs than the cluster has: exit 2
+            trainer.stop()
+            if fresh:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         except Exception as e:  # as `train`: nothing trained, no new run directory left behind
             trainer.stop()
             if fresh:
@@ -105,6 +112,8 @@ def resume_attack(run_dir: Path) -> Path:
     if ckpt is None:  # nothing trains: evaluate (again)
         print(f"re-evaluating {run_dir} (adversary '{setup.cfg.adversary.name}' does not train)", file=sys.stderr)
         return _train_and_evaluate(setup, run_dir)
+    init_ray()
+    check_cluster(setup.cfg.runners)  # before anything in the run directory changes
     truncate_metrics(run_dir / "metrics.jsonl", state.iteration)
     (run_dir / EVAL_FILE).unlink(missing_ok=True)  # rewritten after training
     print(f"resuming {run_dir} from {ckpt.name} (env step {state.env_steps})", file=sys.stderr)

@@ -8,6 +8,12 @@ white-box plugins alone) carries the module itself.
 
 Loading goes through ``load_victim_checkpoint`` alone, on the safe loader
 (``marl.checkpoints.load_checkpoint``: YAML, JSON and safetensors; never a pickle).
+
+A recurrent victim (``model.recurrent``) keeps its agents' hidden states inside its
+``FrozenTeam``, in ``_FROZEN`` like the module: the attack env calls ``reset`` at each episode
+start (the states return to the initial ones) and every ``act`` advances them one step. The
+attacker sees neither the states nor when they change; a black-box victim stays ``act`` (and
+``reset``) only.
 """
 
 from __future__ import annotations
@@ -85,8 +91,26 @@ class FrozenTeam:
         # The last step's sampled DAG, joint action (module units) and dist inputs: what the
         # trusted evaluation reads back to measure stealth (``own_policy``).
         self._last: tuple[Any, torch.Tensor, torch.Tensor] | None = None
+        # A recurrent team's hidden states [1, n, H]: before the next step, and before the last.
+        self.recurrent = getattr(module, "recurrent", None) is not None
+        self.hidden: torch.Tensor | None = None
+        self._hidden_last: torch.Tensor | None = None
+        self.reset()
         if not self.discrete:
             self._box = [gym.spaces.Box(lo, hi) for lo, hi in zip(action_space.low, action_space.high, strict=True)]
+
+    def reset(self) -> None:
+        """A new episode: a recurrent team's memory returns to its initial state."""
+        self._last = None
+        if self.recurrent:
+            self.hidden = self.module.get_initial_state()["actor"].unsqueeze(0)
+            self._hidden_last = None
+
+    def hidden_for(self, b: int) -> torch.Tensor | None:
+        """The states before the next step, for a batch of ``b`` copies of it (None: stateless)."""
+        # A clone: ``act`` runs in inference mode, and its tensors cannot enter autograd (the
+        # white box differentiates through the step).
+        return None if self.hidden is None else self.hidden.expand(b, *self.hidden.shape[1:]).clone()
 
     def _intervention(self, intervention: dict[int, Any], n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """do(a_K) as (mask [1, n], actions [1, n(, k)]) in the module's units."""
@@ -108,7 +132,13 @@ class FrozenTeam:
         do = self._intervention(intervention, obs["alive"].shape[1]) if intervention else None
         obs = _with_repr(self.module, obs)
         graph = _graph(self.module, obs, self.deterministic)
-        actions, params = self.module.sample_joint(obs, graph, self.deterministic, intervene=do)
+        if self.recurrent:
+            actions, params, hidden = self.module.sample_joint(
+                obs, graph, self.deterministic, intervene=do, hidden=self.hidden
+            )
+            self._hidden_last, self.hidden = self.hidden, hidden
+        else:
+            actions, params = self.module.sample_joint(obs, graph, self.deterministic, intervene=do)
         self._last = (graph, actions, params)
         joint = actions[0].numpy()
         if self.discrete:
@@ -129,7 +159,8 @@ class FrozenTeam:
             return None
         graph, actions, _ = self._last
         obs = {k: torch.from_numpy(np.asarray(v)).unsqueeze(0) for k, v in team_obs.items()}
-        return self.module.conditional_logits(_with_repr(self.module, obs), actions, graph)[0].numpy()
+        # A recurrent team: from the states the last step started from.
+        return self.module.conditional_logits(_with_repr(self.module, obs), actions, graph, self._hidden_last)[0].numpy()
 
     def last_params(self) -> np.ndarray | None:
         """[n, A]: the dist inputs the last step sampled from (on the observations it was given)."""
@@ -154,6 +185,10 @@ class BlackBoxVictim:
         {agent id: its fixed action}, conditioned on by its children in the victim's DAG."""
         return _FROZEN[self._handle].act(team_obs, intervention)
 
+    def reset(self) -> None:
+        """A new episode (the attack env calls it): a recurrent victim forgets the last one."""
+        _FROZEN[self._handle].reset()
+
     __call__ = act
 
     def __del__(self):
@@ -162,7 +197,8 @@ class BlackBoxVictim:
 
 class WhiteBoxVictim:
     """The victim's module itself, for white-box plugins only (obs_pgd): differentiable
-    distribution inputs of each agent's policy."""
+    distribution inputs of each agent's policy. A recurrent victim's read its current hidden
+    states (those its next ``act`` starts from) without advancing them."""
 
     def __init__(self, team: FrozenTeam):
         self._team = team
@@ -177,12 +213,14 @@ class WhiteBoxVictim:
         with torch.no_grad():
             obs = _with_repr(self.module, obs)
             graph = _graph(self.module, obs, self._team.deterministic)
-            actions, _ = self.module.sample_joint(obs, graph, self._team.deterministic)
+            hidden = self._team.hidden_for(obs["obs"].shape[0])
+            actions = self.module.sample_joint(obs, graph, self._team.deterministic, hidden=hidden)[0]
         return actions, graph
 
     def policy_params(self, obs: dict[str, torch.Tensor], actions: torch.Tensor, graph) -> torch.Tensor:
         """π_i(· | o_i, a_Pa(i)) dist inputs [B, n, A], differentiable w.r.t. ``obs['obs']``."""
-        return self.module.conditional_logits(_with_repr(self.module, obs), actions, graph)
+        hidden = self._team.hidden_for(obs["obs"].shape[0])
+        return self.module.conditional_logits(_with_repr(self.module, obs), actions, graph, hidden)
 
 
 def own_policy(victim: BlackBoxVictim, team_obs: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray | None, bool]:
@@ -193,6 +231,12 @@ def own_policy(victim: BlackBoxVictim, team_obs: dict[str, np.ndarray] | None = 
     team = _FROZEN[victim._handle]
     params = team.last_params() if team_obs is None else team.own_params(team_obs)
     return params, team.deterministic
+
+
+def white_box(victim: BlackBoxVictim) -> WhiteBoxVictim:
+    """Trusted project code only (the evaluation's observation attacks): the white-box view of
+    the env's own victim team, so that it reads the hidden states that team acts from."""
+    return WhiteBoxVictim(_FROZEN[victim._handle])
 
 
 def frozen_teams(victim: TeamCheckpoint, env, deterministic: bool) -> dict[str, FrozenTeam]:

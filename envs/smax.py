@@ -17,14 +17,15 @@ SMAC-like maps such as ``3m`` and ``2s3z``. Install extra: ``.[smax]``.
 World state. SMAX's own ``get_world_state`` holds raw map positions (0 to 32), the raw weapon
 cooldown timer (which keeps falling while a unit holds fire: about -50 after a 100-step
 episode) and unit-type indices, next to features in [0, 1]. Fed as is, they saturate a tanh
-critic's first layer (72% of a fresh critic's units past |tanh| > 0.99 on 3m; benchmarks
-BENCHMARKS.md, issue 12). ``world_state="normalized"`` (the default) keeps SMAX's layout and
-size and rescales as SMAC's own state does (Samvelyan et al. 2019, ``get_state``): per unit
-health / max health, position (x - W/2) / (W/2) and (y - H/2) / (H/2), the cooldown as a
-fraction of the unit type's, clipped to [0, 1] (as SMAX's observations do), the unit type
-one-hot, zeros for a dead unit; then every unit's team, and its type index / (types - 1).
-``world_state="raw"`` is SMAX's state unchanged. Only critics read the state, so a team trained
-on the raw state acts the same under either; resuming its training needs ``world_state: raw``.
+critic's first layer (72% of a fresh critic's units past |tanh| > 0.99 on 3m; BENCHMARKS.md,
+issue 12). ``world_state="normalized"`` (the default, a kwarg of both the per-copy and the
+batched env) keeps SMAX's layout and size and rescales as SMAC's own state does (Samvelyan et
+al. 2019, ``get_state``): per unit health / max health, position (x - W/2) / (W/2) and
+(y - H/2) / (H/2), the cooldown as a fraction of the unit type's, clipped to [0, 1] (as SMAX's
+observations do), the unit type one-hot, zeros for a dead unit; then every unit's team, and
+its type index / (types - 1). ``world_state="raw"`` is SMAX's state unchanged. Only critics
+read the state, so a team trained on the raw state acts the same under either; resuming its
+training needs ``world_state: raw``.
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ import functools
 import os
 import sys
 
+import gymnasium as gym
 import numpy as np
 
+from envs.adapter import TeamSpec
+from envs.batched import BatchedStep, BatchedTeamEnv
 from envs.battle import BattleParallelEnv
 
 
@@ -60,7 +64,9 @@ WORLD_STATES = ("normalized", "raw")
 
 
 @functools.cache
-def _compiled(map_name: str, platform: str, world_state: str, kwargs_items: tuple):
+def _functions(map_name: str, platform: str, kwargs_items: tuple):
+    """The env and its pure reset/step functions over one copy (jitted by ``_compiled``,
+    vmapped and jitted by ``_compiled_batched``: both paths run the very same functions)."""
     os.environ.setdefault("JAX_PLATFORMS", platform)
     # One env per call is tiny work: XLA's own thread pool would only contend with the envs.
     os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
@@ -70,7 +76,11 @@ def _compiled(map_name: str, platform: str, world_state: str, kwargs_items: tupl
     with _silenced_stdout():  # jaxmarl prints on import; stdout is the CLI's contract
         from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
 
-    env = HeuristicEnemySMAX(scenario=map_name_to_scenario(map_name), **dict(kwargs_items))
+    kwargs = dict(kwargs_items)
+    world_state = kwargs.pop("world_state", "normalized")
+    if world_state not in WORLD_STATES:
+        raise ValueError(f"world_state must be one of {WORLD_STATES} (got {world_state!r})")
+    env = HeuristicEnemySMAX(scenario=map_name_to_scenario(map_name), **kwargs)
 
     agents = env.agents
     n_types = env.unit_type_bits
@@ -98,7 +108,7 @@ def _compiled(map_name: str, platform: str, world_state: str, kwargs_items: tupl
         )
 
     def step(key, state, actions):
-        # One jitted call per step: key split, step, avail-actions, outcome; stacked arrays out.
+        # One call per step: key split, step, avail-actions, outcome; stacked arrays out.
         key, sub = jax.random.split(key)
         obs, state, rewards, dones, _ = env.step_env(sub, state, {a: actions[i] for i, a in enumerate(agents)})
         inner = state.state
@@ -116,23 +126,78 @@ def _compiled(map_name: str, platform: str, world_state: str, kwargs_items: tupl
     def reset(key):
         key, sub = jax.random.split(key)
         obs, state = env.reset(sub)
+        # The reset state has weakly typed leaves where the step's output has strong ones: make
+        # them strong, or the jitted step compiles a second time at its second call.
+        state = jax.tree_util.tree_map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
         return key, state, pack(obs, env.get_avail_actions(state), state)
 
+    return env, reset, step
+
+
+@functools.cache
+def _compiled(map_name: str, platform: str, kwargs_items: tuple):
+    import jax
+
+    env, reset, step = _functions(map_name, platform, kwargs_items)
     return env, jax.jit(reset), jax.jit(step)
+
+
+@functools.cache
+def _compiled_batched(map_name: str, platform: str, kwargs_items: tuple):
+    """Step and reset of B copies, each one jitted, vmapped call, with the team adapter's
+    translation (envs/adapter.py over envs/battle.py) done inside it, array-wise:
+
+    - an agent dead after the step (SMAX's per-agent done) has a zero observation, only the
+      no-op allowed and ``alive`` 0, as TeamEnv gives it;
+    - the team reward is SMAX's ally reward (paid once, as envs/battle.py pays it);
+    - the battle's end is a termination, or a truncation on a time-out; ``won`` as
+      ``battle_won``.
+
+    ``reset_where(keys, states, obs, over)`` resets the copies where ``over`` from their own
+    keys, split as ``SmaxParallelEnv.reset()`` without a seed splits it (RLlib's auto-reset),
+    so copy b seeded with s runs the same episodes as a ``SmaxParallelEnv`` reset with seed s.
+    The first reset is the same call with every copy ``over``: the reset compiles once.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    env, reset, step = _functions(map_name, platform, kwargs_items)
+    v_reset, v_step = jax.vmap(reset), jax.vmap(step)
+
+    def team_view(obs, world_state, avail, alive):
+        a = alive[..., None]
+        noop = jnp.zeros_like(avail).at[..., 0].set(1)
+        return {
+            "obs": jnp.where(a, obs, 0.0).astype(jnp.float32),
+            "state": world_state.astype(jnp.float32),
+            "action_mask": jnp.where(a, avail, noop).astype(jnp.float32),
+            "alive": alive.astype(jnp.float32),
+        }
+
+    def b_step(keys, states, actions):
+        keys, states, (obs, ws, avail), (rewards, dones, over, won, timeout) = v_step(keys, states, actions)
+        final = team_view(obs, ws, avail, ~dones)
+        out = (rewards[:, 0].astype(jnp.float32), over & ~timeout, over & timeout, over & won)
+        return keys, states, final, out
+
+    def reset_where(keys, states, obs, over):
+        r_keys, r_states, (r_obs, r_ws, r_avail) = v_reset(keys)
+        fresh = team_view(r_obs, r_ws, r_avail, jnp.ones(r_obs.shape[:2], bool))
+
+        def pick(new, old):
+            return jnp.where(over.reshape(over.shape + (1,) * (old.ndim - 1)), new, old)
+
+        return (pick(r_keys, keys), jax.tree_util.tree_map(pick, r_states, states),
+                {k: pick(fresh[k], v) for k, v in obs.items()})
+
+    return env, jax.jit(reset_where), jax.jit(b_step)
 
 
 class SmaxParallelEnv(BattleParallelEnv):
     metadata = {"name": "smax_v0"}
 
-    def __init__(
-        self, map_name: str = "smacv2_5_units", platform: str = "cpu", world_state: str = "normalized",
-        **smax_kwargs,
-    ):
-        if world_state not in WORLD_STATES:
-            raise ValueError(f"world_state must be one of {WORLD_STATES} (got {world_state!r})")
-        self._env, self._reset, self._step = _compiled(
-            map_name, platform, world_state, tuple(sorted(smax_kwargs.items()))
-        )
+    def __init__(self, map_name: str = "smacv2_5_units", platform: str = "cpu", **smax_kwargs):
+        self._env, self._reset, self._step = _compiled(map_name, platform, tuple(sorted(smax_kwargs.items())))
         import jax
 
         self._jax = jax
@@ -164,3 +229,61 @@ class SmaxParallelEnv(BattleParallelEnv):
 
 def parallel_env(**kwargs) -> SmaxParallelEnv:
     return SmaxParallelEnv(**kwargs)
+
+
+class SmaxBatchedEnv(BatchedTeamEnv):
+    """B copies of ``SmaxParallelEnv`` seen through the team adapter, stepped as one jitted,
+    vmapped call (envs/batched.py); copies whose battle ended are reset by a second call, only
+    in steps where some did. Copy b reset with seed s gives the observations, rewards and ends
+    that ``TeamEnv`` over ``SmaxParallelEnv`` gives when reset with seed s and fed the same
+    actions (tests/test_batched.py checks it)."""
+
+    def __init__(self, num_envs: int, map_name: str = "smacv2_5_units", platform: str = "cpu", **smax_kwargs):
+        import jax
+
+        self._jax = jax
+        items = tuple(sorted(smax_kwargs.items()))
+        env, self._reset_where, self._step = _compiled_batched(map_name, platform, items)
+        self.num_envs = int(num_envs)
+        agents = list(env.agents)
+        n = len(agents)
+        # Shapes from an abstract evaluation (nothing runs): the step's state and observation.
+        _, reset, step = _functions(map_name, platform, items)
+        key = jax.ShapeDtypeStruct((self.num_envs, 2), np.uint32)
+        _, state, _ = jax.eval_shape(jax.vmap(reset), key)
+        act = jax.ShapeDtypeStruct((self.num_envs, n), np.int32)
+        _, _, obs, _ = jax.eval_shape(self._step, key, state, act)
+        self._blank = (state, obs)
+        obs_dim, state_dim = obs["obs"].shape[-1], obs["state"].shape[-1]
+        n_actions = int(env.action_space(agents[0]).n)
+        self.spec = TeamSpec(self.team, agents, obs_dim, n_actions, state_dim, [n_actions] * n)
+        self.observation_space = self.team_obs_space(n, obs_dim, state_dim, n_actions)
+        self.action_space = gym.spaces.MultiDiscrete([n_actions] * n)
+        self._keys = self._states = None
+
+    def reset(self, seeds=None):
+        jax = self._jax
+        if seeds is None:
+            seeds = np.random.SeedSequence().generate_state(self.num_envs).tolist()
+        keys = jax.numpy.stack([jax.random.PRNGKey(int(s)) for s in seeds])
+        zeros = jax.tree_util.tree_map(lambda x: jax.numpy.zeros(x.shape, x.dtype), self._blank)
+        every = jax.numpy.ones(self.num_envs, bool)
+        self._keys, self._states, obs = self._reset_where(keys, zeros[0], zeros[1], every)
+        return {k: np.asarray(v) for k, v in jax.device_get(obs).items()}
+
+    def step(self, actions):
+        jax = self._jax
+        actions = np.asarray(actions, np.int32).reshape(self.num_envs, self.spec.n_agents)
+        self._keys, self._states, final, out = self._step(self._keys, self._states, actions)
+        reward, term, trunc, won = (np.asarray(x) for x in jax.device_get(out))
+        over = term | trunc
+        nxt = final
+        if over.any():
+            self._keys, self._states, nxt = self._reset_where(self._keys, self._states, final, over)
+        final, nxt = jax.device_get((final, nxt))
+        as_np = lambda d: {k: np.asarray(v) for k, v in d.items()}  # noqa: E731
+        return BatchedStep(as_np(nxt), as_np(final), reward, term, trunc, won)
+
+
+def batched_env(num_envs: int, **kwargs) -> SmaxBatchedEnv:
+    return SmaxBatchedEnv(num_envs, **kwargs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.from_config import NotProvided
 
 from envs.adapter import TeamEnv
+from marl.batched_runner import BatchedEnvRunner
 from marl.callbacks import WinRateCallback
 from marl.checkpoints import MODULE_CLASSES, frozen_source, load_frozen_teams
 from marl.config import Config, EnvConfig, TeamRole, build_env
@@ -26,7 +28,11 @@ from marl.defenses import defense_for
 from marl.learners import JointPPOLearner
 from marl.modules import JointPolicyModule
 from marl.modules.scripted import ScriptedTeamModule
-from marl.runners import MAX_FAULTS_KEY, FaultTolerantEnvRunner
+from marl.runners import MAX_FAULTS_KEY, REPORT_KEY, FaultTolerantEnvRunner
+
+# runners.batched -> the EnvRunner class: RLlib's per-env vector env (faults counted), or one
+# batched call over all copies (envs/batched.py).
+ENV_RUNNERS: dict[bool, type] = {False: FaultTolerantEnvRunner, True: BatchedEnvRunner}
 
 
 def _team_of(agent_id, episode=None, **kwargs):
@@ -122,15 +128,18 @@ def build_ppo(
         .env_runners(
             num_env_runners=r.num_env_runners,
             num_envs_per_env_runner=r.num_envs_per_env_runner,
+            num_gpus_per_env_runner=r.num_gpus_per_env_runner,
             rollout_fragment_length="auto",
-            env_runner_cls=FaultTolerantEnvRunner,
+            env_runner_cls=ENV_RUNNERS[bool(getattr(r, "batched", False))],
         )
         # A sub-environment that raises is recreated and its episode dropped (marl/runners.py
         # bounds how often); a remote EnvRunner process that dies is restarted.
         .fault_tolerance(restart_failed_sub_environments=True, restart_failed_env_runners=True)
         .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
         .learners(
-            num_learners=0,
+            # num_learners: 0 is RLlib's local Learner in the driver; it trains on a GPU of
+            # this machine when num_gpus_per_learner > 0 (RLlib's get_device).
+            num_learners=r.num_learners,
             num_gpus_per_learner=r.num_gpus_per_learner,
             learner_class=learner_class,
         )
@@ -154,7 +163,11 @@ def build_ppo(
             num_epochs=a.num_epochs,
             use_kl_loss=False,
             kl_coeff=0.0,
-            learner_config_dict={**(learner_config or {}), MAX_FAULTS_KEY: r.max_env_faults_per_iteration},
+            learner_config_dict={
+                **(learner_config or {}),
+                MAX_FAULTS_KEY: r.max_env_faults_per_iteration,
+                REPORT_KEY: f"marl-env-fault-limit-{uuid.uuid4().hex}",  # this run's own
+            },
         )
         .callbacks(WinRateCallback, on_algorithm_init=on_algorithm_init or NotProvided)
         .debugging(seed=cfg.seed, log_level="ERROR")

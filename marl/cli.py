@@ -1,4 +1,4 @@
-"""Command line: ``run.py train | resume | evaluate | attack | report``.
+"""Command line: ``run.py train | resume | evaluate | attack | report | detect | sweep | submit | jobs``.
 
 Bad input ends a command with exit code 2 and one ``error: ...`` line on stderr, before
 anything is created. A run that stops (diverged, an env that keeps failing or returns NaN, or
@@ -12,10 +12,13 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
+import time
 import warnings
 from pathlib import Path
 
+from marl.cluster import DEFAULT_STORAGE, STORAGE_ENV
 from marl.errors import RunStopped, UserError
 
 
@@ -84,6 +87,26 @@ def _parser() -> argparse.ArgumentParser:
                     help="attack run directories, or folders that hold them")
     rp.add_argument("--out", type=Path, help="a new or empty directory (default: runs/report-<time>)")
 
+    sw = sub.add_parser(
+        "sweep", parents=[ray_opts],
+        help="run a grid of configs on Ray Tune, each trial a normal run directory; writes "
+        "summary.md, summary.json and summary.png; prints the sweep directory last",
+    )
+    sw.add_argument("config", nargs="?", help="YAML config (default: configs/default.yaml)")
+    sw.add_argument("overrides", nargs="*", help="dotted overrides for every trial, e.g. train.total_env_steps=1e5")
+    sw.add_argument(
+        "--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2",
+        help="grid axes, e.g. --grid seed=0,1,2 algo.lr=3e-4,5e-4 (every combination is a trial; "
+        "an item with one value is an override of every trial)",
+    )
+    sw.add_argument("--samples", type=int, default=1,
+                    help="N seeds of each grid point: seed, seed+1, ..., seed+N-1 (without a seed axis)")
+    sw.add_argument("--out", type=Path, help="a new or empty directory (default: <output_dir>/sweep-<name>-<time>)")
+    sw.add_argument("--resume", type=Path, metavar="SWEEP_DIR",
+                    help="continue a sweep: finished trials are not re-run, started ones continue "
+                    "from their last checkpoint")
+    sw.add_argument("--summary", type=Path, metavar="SWEEP_DIR", help="rebuild a sweep's summary only")
+
     d = sub.add_parser(
         "detect",
         help="CLAM as an attack detector: train a teammate's representation on clean episodes of "
@@ -99,6 +122,47 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--history", type=int, default=None,
                    help="steps of each episode scored (default: the env's own history where a victim or "
                    "attacker models agents, else 50)")
+
+    # Ray Jobs (marl/cluster.py; README, "Run on a cluster").
+    cluster = _Parser(add_help=False)
+    cluster.add_argument(
+        "--address", metavar="http://HEAD:8265",
+        help="the Ray cluster's dashboard (also: RAY_API_SERVER_ADDRESS); its token comes from "
+        "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token",
+    )
+    s = sub.add_parser(
+        "submit", parents=[cluster],
+        help="run a command (train, resume, attack, report, sweep, ...) as a Ray job on a cluster; "
+        "prints the job id",
+        description="Submit `run.py COMMAND ARGS...` as a Ray job: the project is its working_dir, "
+        "its runs/ is --storage on the cluster. The options below may also follow COMMAND.",
+    )
+    s.add_argument("--storage", metavar="DIR",
+                   help=f"the cluster's storage directory: the job's runs/ (default: {DEFAULT_STORAGE}, "
+                   "on the node that runs the job; use a shared path on a multi-node cluster)")
+    s.add_argument("--no-pip", action="store_true",
+                   help="the cluster already has the project's requirements: install nothing "
+                   "(default: the job's runtime_env pip-installs them, pinned to the versions here)")
+    s.add_argument("--extras", default="", metavar="A,B",
+                   help="optional requirement groups of pyproject.toml to install too, e.g. mujoco,smax")
+    s.add_argument("--num-cpus", type=float, help="CPUs reserved for the job's driver")
+    s.add_argument("--num-gpus", type=float, help="GPUs reserved for the job's driver")
+    s.add_argument("job_command", metavar="COMMAND", help="a run.py command, e.g. train")
+    s.add_argument("job_args", nargs=argparse.REMAINDER, metavar="ARGS", help="its arguments")
+
+    j = sub.add_parser("jobs", help="list, follow, stop and fetch Ray jobs")
+    jsub = j.add_subparsers(dest="jobs_command", required=True, parser_class=_Parser)
+    jsub.add_parser("list", parents=[cluster], help="the cluster's submitted jobs")
+    for name, text in (("status", "a job's status, and a failed job's own error line"),
+                       ("logs", "a job's logs"), ("stop", "stop a job")):
+        jp = jsub.add_parser(name, parents=[cluster], help=text)
+        jp.add_argument("job_id")
+        if name == "logs":
+            jp.add_argument("--follow", "-f", action="store_true", help="print new lines until the job ends")
+    f = jsub.add_parser("fetch", parents=[cluster],
+                        help="copy a finished job's run directory from the cluster into DEST/")
+    f.add_argument("job_id")
+    f.add_argument("dest", type=Path, metavar="DEST")
     return p
 
 
@@ -191,6 +255,38 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from marl import sweep
+
+    existing = [(flag, path) for flag, path in (("--resume", args.resume), ("--summary", args.summary)) if path]
+    if existing:
+        flag, path = existing[0]
+        given = [x for x in ([args.config] if args.config else []) + args.overrides + args.extra + args.grid]
+        if len(existing) > 1 or given or args.out or args.samples != 1:
+            raise UserError(f"{flag} SWEEP_DIR takes no config, --grid, --samples, --out or overrides: "
+                            "the sweep's own sweep.json says what to run")
+        plan = sweep.load_sweep(path)
+        if flag == "--resume":
+            summary = sweep.run_sweep(path, plan)
+        else:
+            summary = sweep.write_summary(path, plan)
+    else:
+        config, overrides = _split_train_args(args.config, [*args.overrides, *args.extra])
+        plan, configs, base = sweep.plan_sweep(config, overrides, args.grid, args.samples)
+        path = args.out or sweep.default_sweep_dir(base)
+        sweep.check_new_dir(path)
+        from marl.train import init_ray
+
+        init_ray()  # before the sweep directory: a cluster that cannot be joined leaves nothing behind
+        sweep.create_sweep(plan, configs, path)
+        print(f"sweep directory: {path} (continue a stopped sweep with: run.py sweep --resume {path})",
+              file=sys.stderr)
+        summary = sweep.run_sweep(path, plan)
+    print(sweep.markdown_table(summary), end="")
+    print(path)
+    return 0
+
+
 def _cmd_detect(args) -> int:
     from datetime import datetime
 
@@ -209,16 +305,154 @@ def _cmd_detect(args) -> int:
     return 0
 
 
-TAKES_OVERRIDES = {"train", "attack"}  # positionals after an option arrive as extras
+def _submit_options(args) -> list[str]:
+    """Submit's own options may follow COMMAND (`submit train cfg.yaml --address URL`): take
+    them out of the arguments passed through."""
+    options = {"--address": "address", "--storage": "storage", "--extras": "extras",
+               "--num-cpus": "num_cpus", "--num-gpus": "num_gpus"}
+    rest, it = [], iter(args.job_args)
+    for arg in it:
+        name, eq, value = arg.partition("=")
+        if arg == "--no-pip":
+            args.no_pip = True
+        elif name in options:
+            if not eq:
+                value = next(it, None)
+                if value is None:
+                    raise UserError(f"run.py submit: argument {name}: expected one argument")
+            setattr(args, options[name], value)
+        else:
+            rest.append(arg)
+    for name in ("num_cpus", "num_gpus"):
+        value = getattr(args, name)
+        try:
+            setattr(args, name, None if value is None else float(value))
+        except ValueError:
+            raise UserError(f"run.py submit: --{name.replace('_', '-')} expects a number (got '{value}')") from None
+    return rest
+
+
+def _cmd_submit(args) -> int:
+    from marl import cluster
+
+    rest = _submit_options(args)
+    command = args.job_command
+    if command in ("submit", "jobs") or command not in COMMANDS:
+        choices = ", ".join(c for c in COMMANDS if c not in ("submit", "jobs"))
+        raise UserError(f"run.py submit: unknown command '{command}'; expected one of: {choices}")
+    # The command's own arguments, checked here as they would be there (exit 2, nothing submitted).
+    inner, extra = _parser().parse_known_args([command, *rest])
+    if extra and (command not in TAKES_OVERRIDES or any(x.startswith("-") for x in extra)):
+        raise UserError(f"run.py {command}: unrecognized arguments: {' '.join(extra)}")
+    if getattr(inner, "address", None):
+        raise UserError("run.py submit: give --address once, the cluster's dashboard (a job joins its cluster by itself)")
+    if command == "train":
+        from marl.config import load_config
+
+        load_config(*_split_train_args(inner.config, [*inner.overrides, *extra]))
+    storage = args.storage or DEFAULT_STORAGE
+    if not (storage.startswith("~") or os.path.isabs(storage)):  # the job's cwd is temporary
+        raise UserError(f"run.py submit: --storage '{storage}' must be absolute or start with ~ (a path on the cluster)")
+    extras = [e for e in args.extras.split(",") if e]
+    runtime_env = cluster.job_runtime_env(storage, pip=not args.no_pip, extras=extras)
+    client = cluster.Cluster(args.address)
+    job_id = client.submit(
+        cluster.job_entrypoint([command, *rest]), runtime_env,
+        metadata={"marl_command": command, "marl_storage": storage},
+        num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+    )
+    print(f"submitted to {client.address}; follow it with: run.py jobs logs {job_id} --follow "
+          f"--address {client.address}", file=sys.stderr)
+    print(job_id)
+    return 0
+
+
+def _cmd_jobs(args) -> int:
+    from marl import cluster
+
+    client = cluster.Cluster(args.address)
+    what = args.jobs_command
+    if what == "list":
+        for job in sorted(client.jobs(), key=lambda j: j.start_time or 0):
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000)) if job.start_time else "-"
+            print(f"{job.submission_id}  {str(job.status):<9}  {started}  {job.entrypoint}")
+    elif what == "status":
+        info = client.info(args.job_id)
+        print(f"{args.job_id}: {info.status}")
+        if str(info.status) in ("FAILED", "STOPPED"):
+            line = cluster.error_line(client.logs(args.job_id))
+            if line:  # the job's own one line; on a cluster, resume through submit too
+                print(line.replace("run.py resume ", f"run.py submit --address {client.address} resume "))
+            elif info.message:  # Ray's own account (e.g. the entrypoint could not start)
+                last = info.message.strip().splitlines()[-1]
+                print(last if last.startswith("error:") else f"error: {last}")
+    elif what == "logs":
+        if args.follow:
+            client.follow(args.job_id)
+        else:
+            print(client.logs(args.job_id), end="")
+    elif what == "stop":
+        print(f"{args.job_id}: {client.stop(args.job_id)}")
+    elif what == "fetch":
+        print(cluster.fetch(client, args.job_id, args.dest))
+    return 0
+
+
+class _Watched:
+    """A stream that remembers its last non-empty line and the run directories named on it
+    (``run directory: X`` / ``resuming X from ...``, as train, resume and attack print them)."""
+
+    RUN_DIR = re.compile(r"^(?:run directory: (\S+)|resuming (\S+) from )")
+
+    def __init__(self, stream):
+        self.stream, self.last, self.run_dirs = stream, None, []
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                self.last = line
+                m = self.RUN_DIR.match(line)
+                if m:
+                    self.run_dirs.append(m.group(1) or m.group(2))
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+TAKES_OVERRIDES = {"train", "attack", "sweep"}  # positionals after an option arrive as extras
 COMMANDS = {
     "train": _cmd_train, "resume": _cmd_resume, "evaluate": _cmd_evaluate, "attack": _cmd_attack,
-    "report": _cmd_report, "detect": _cmd_detect,
+    "report": _cmd_report, "detect": _cmd_detect, "sweep": _cmd_sweep, "submit": _cmd_submit,
+    "jobs": _cmd_jobs,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     logging.getLogger("ray").setLevel(logging.ERROR)
+    if not os.environ.get(STORAGE_ENV):
+        return _main(argv)
+    # Inside a submitted job: runs/ is the cluster's storage, and the last line names the
+    # directory the command made (or the run its error line names), for `run.py jobs fetch`.
+    from marl import cluster
+
+    out, err = sys.stdout, sys.stderr = _Watched(sys.stdout), _Watched(sys.stderr)
+    errors: list[str] = []
+    code = 1
+    try:
+        code = _main(argv, errors, before=cluster.prepare_job_storage)
+        return code
+    finally:
+        sys.stdout, sys.stderr = out.stream, err.stream
+        named = ([out.last] if code == 0 and out.last else []) + err.run_dirs[::-1]
+        made = cluster.job_output(named, errors[-1] if errors else None)
+        if made is not None:
+            print(f"{cluster.OUTPUT_MARKER} {made}", flush=True)
+
+
+def _main(argv: list[str] | None, errors: list[str] | None = None, before=None) -> int:
+    errors = [] if errors is None else errors
     try:
         parser = _parser()
         args, extra = parser.parse_known_args(argv)
@@ -228,14 +462,15 @@ def main(argv: list[str] | None = None) -> int:
         if extra and (args.command not in TAKES_OVERRIDES or any(x.startswith("-") for x in extra)):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.extra = extra
-        if getattr(args, "address", None):
+        if getattr(args, "address", None) and args.command not in ("submit", "jobs"):
             os.environ["RAY_ADDRESS"] = args.address  # read by marl.train.init_ray
+        if before is not None:
+            before()
         return COMMANDS[args.command](args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except RunStopped as e:  # diverged, env faults, a crash logged to RUN_DIR/error.log, ...
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, RunStopped) as e:  # bad input; or diverged, env faults, a crash logged to RUN_DIR/error.log, ...
+        errors.append(f"error: {e}")
+        sys.stdout.flush()
+        print(errors[-1], file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted; resume with `run.py resume RUN_DIR`", file=sys.stderr)

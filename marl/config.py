@@ -155,6 +155,17 @@ class AgentModelingConfig(Strict):
         return self
 
 
+class RecurrentConfig(Strict):
+    """Recurrent actor (and critic): a GRU after the MLP trunk (Yu et al. 2022, rMAPPO), one
+    hidden state per agent, trained on sequences of ``max_seq_len`` steps (marl/modules)."""
+
+    cell: Literal["gru"] = "gru"
+    hidden: PosInt = 64              # the GRU's state size
+    critic: bool = True              # a recurrent critic too (centralised: one state per team;
+                                     # decentralized: one per agent)
+    max_seq_len: PosInt = 20         # training sequences (RLlib zero-pads shorter ones)
+
+
 class ModelConfig(Strict):
     hidden: PosInt
     layers: PosInt
@@ -164,6 +175,8 @@ class ModelConfig(Strict):
     graph: GraphConfig
     # null = no agent modelling: the learner is exactly the one without it.
     agent_modeling: AgentModelingConfig | None = None
+    # null = feed-forward actor and critic: the module and learner are exactly those without it.
+    recurrent: RecurrentConfig | None = None
 
 
 class AlgoConfig(Strict):
@@ -194,8 +207,12 @@ class AlgoConfig(Strict):
 
 
 class RunnersConfig(Strict):
+    # Checked against the attached Ray cluster's CPUs and GPUs once Ray has started
+    # (marl/resources.py): a config that asks for more than the cluster has exits 2.
     num_env_runners: NonNegInt
     num_envs_per_env_runner: PosInt
+    num_gpus_per_env_runner: Annotated[float, Field(ge=0.0)] = 0.0
+    num_learners: NonNegInt = 0  # 0: one Learner in the driver process
     num_gpus_per_learner: Annotated[float, Field(ge=0.0)]
     torch_threads: PosInt
     # Fault tolerance (marl/runners.py): a sub-environment that raises is recreated and its
@@ -204,6 +221,20 @@ class RunnersConfig(Strict):
     max_env_faults: NonNegInt = 100
     # NaN or inf from the env (envs/adapter.py): stop the run, or end that episode and count it.
     nonfinite_env_output: Literal["error", "end_episode"] = "error"
+    # Step the env's natively batched form (envs/batched.py) as one call per step over all
+    # num_envs_per_env_runner copies (marl/batched_runner.py); needs an env that offers one.
+    batched: bool = False
+
+    @model_validator(mode="after")
+    def _gpu_runners_are_remote(self) -> RunnersConfig:
+        # RLlib's EnvRunner in the driver (num_env_runners: 0) always samples on the CPU
+        # (MultiAgentEnvRunner asks for a device only on remote runners, worker_index > 0).
+        if self.num_gpus_per_env_runner > 0 and self.num_env_runners == 0:
+            raise ValueError(
+                f"num_gpus_per_env_runner: {self.num_gpus_per_env_runner:g} needs num_env_runners >= 1; "
+                "with num_env_runners: 0 the envs sample in the driver, on the CPU"
+            )
+        return self
 
 
 class TrainConfig(Strict):
@@ -340,7 +371,7 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 # Optional packages -> the pyproject extra that installs them.
 OPTIONAL_EXTRAS = {
     "jaxmarl": "smax", "jax": "smax", "gymnasium_robotics": "mujoco", "mujoco": "mujoco",
-    "lbforaging": "lbf", "rware": "rware", "smacv2": "smacv2",
+    "lbforaging": "lbf", "rware": "rware", "smacv2": "smacv2", "vmas": "vmas",
 }
 
 UNION_TAGS = {"float", "int", "str", "bool", "none"}
@@ -448,11 +479,37 @@ def _check_against_env(config: Config) -> None:
             defense.check(config, env)
     finally:
         env.close()
+    if config.runners.batched:
+        _check_batched(config)
     for j, i in config.model.graph.edges:
         if max(i, j) >= min(sizes):
             raise ConfigError(
                 f"config key 'model.graph.edges': edge [{j}, {i}] names an agent outside 0..{min(sizes) - 1}"
             )
+
+
+def _check_batched(config: Config) -> None:
+    """``runners.batched`` needs an env with a batched form, and refuses what the batched
+    runner does not do (marl/batched_runner.py), each with the key at fault."""
+    from envs.batched import BATCHED_FACTORY, resolve_batched_factory
+
+    key = "config key 'runners.batched'"
+    if resolve_batched_factory(config.env.import_) is None:
+        raise ConfigError(
+            f"{key}: env '{config.env.import_}' has no batched form (a '{BATCHED_FACTORY}' function "
+            "beside its parallel_env; envs.smax and envs.vmas_env have one); set runners.batched=false"
+        )
+    refused = {
+        "env.teams": (config.env.teams, "one team of every agent (env.teams: null)"),
+        "model.agent_modeling": (config.model.agent_modeling, "no agent-modelling history (null)"),
+        "defense": (config.defense, "no training-time defense (null)"),
+        "runners.nonfinite_env_output": (
+            config.runners.nonfinite_env_output != "error", "'error' (NaN from the env ends the run)"
+        ),
+    }
+    for name, (value, expected) in refused.items():
+        if value:
+            raise ConfigError(f"{key}: the batched runner needs {name} = {expected}; set runners.batched=false to use it")
 
 
 def config_from_file(path: Path) -> Config:

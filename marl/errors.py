@@ -37,6 +37,11 @@ class EnvOutputNotFinite(RunStopped):
     """The env returned NaN or inf (``runners.nonfinite_env_output: error``)."""
 
 
+class ClusterRequestFailed(RunStopped):
+    """The Ray cluster failed a request that was well formed (e.g. no job agent on the head yet):
+    exit code 1, one line."""
+
+
 class RunCrashed(RunStopped):
     """An unexpected failure during a run: the traceback is in ``RUN_DIR/error.log``."""
 

@@ -3,7 +3,9 @@
 The checkpoint may come from someone else's run, so its team modules are loaded from the safe
 weights alone (marl/checkpoints.py: YAML, JSON and safetensors; never a pickle). The episodes
 run on the project's env adapter in this process. Returns are team returns (the sum of the
-agents' rewards, summed over time), as in training.
+agents' rewards, summed over time), as in training. A recurrent team (``model.recurrent``)
+starts every episode from its initial state and carries its hidden state from step to step,
+as RLlib's EnvRunners do.
 """
 
 from __future__ import annotations
@@ -22,8 +24,16 @@ from marl.config import build_env
 from marl.errors import EnvOutputNotFinite, UserError
 
 
-def _batch(obs: dict[str, np.ndarray]) -> dict[str, Any]:
-    return {Columns.OBS: {k: torch.as_tensor(v).unsqueeze(0) for k, v in obs.items()}}
+def _batch(obs: dict[str, np.ndarray], state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    batch = {Columns.OBS: {k: torch.as_tensor(v).unsqueeze(0) for k, v in obs.items()}}
+    if state:
+        batch[Columns.STATE_IN] = state
+    return batch
+
+
+def initial_states(modules: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+    """Each team's initial state as a batch of one ({} for a stateless module)."""
+    return {t: {k: v.unsqueeze(0) for k, v in m.get_initial_state().items()} for t, m in modules.items()}
 
 
 def evaluate(
@@ -61,6 +71,7 @@ def _episodes(env, modules, ckpt: Path, episodes: int, deterministic: bool, seed
     lengths, wins = [], []
     for ep in range(episodes):
         obs, infos = env.reset(seed=seed + ep)
+        states = initial_states(modules)  # a recurrent team's memory starts empty each episode
         total = dict.fromkeys(env.teams, 0.0)
         length, won = 0, None
         while True:
@@ -68,7 +79,9 @@ def _episodes(env, modules, ckpt: Path, episodes: int, deterministic: bool, seed
             with torch.no_grad():
                 for team, team_obs in obs.items():
                     fwd = modules[team].forward_inference if deterministic else modules[team].forward_exploration
-                    action = fwd(_batch(team_obs))[Columns.ACTIONS][0].numpy()
+                    out = fwd(_batch(team_obs, states[team]))
+                    states[team] = out.get(Columns.STATE_OUT, {})
+                    action = out[Columns.ACTIONS][0].numpy()
                     # As RLlib's EnvRunners do: continuous actions in [-1, 1] onto the bounds.
                     actions[team] = unsquash_action(action, env.action_spaces[team])
             obs, rew, term, trunc, infos = env.step(actions)

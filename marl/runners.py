@@ -18,8 +18,11 @@ This runner adds what a long run needs around that:
   same state would return it again, so it ends the run (or the adapter ends the episode).
 
 With remote EnvRunners (``num_env_runners >= 1``) the ``EnvFaultsExceeded`` of a runner fails
-that runner's task, and RLlib's ``restart_failed_env_runners`` restarts it; the driver's limits
-(marl/train.py) then see only the faults counted in the samples that arrive.
+that runner's task, and RLlib's ``restart_failed_env_runners`` restarts it, so the driver never
+sees the exception. Before raising, a remote runner therefore posts its one line to the
+cluster's key-value store (GCS, so this works across nodes) under the run's own key
+(``learner_config_dict["env_fault_report_key"]``); the driver reads it after each iteration
+(``pop_remote_fault_limit``) and stops the run as it would for its own runner.
 
 The limit comes from ``learner_config_dict["max_env_faults_per_iteration"]``, the free-form
 dict of the AlgorithmConfig that every EnvRunner can read (marl/algorithms.py sets it).
@@ -38,6 +41,20 @@ from marl.errors import EnvFaultsExceeded, describe_exception
 
 ENV_FAULTS = "env_faults"  # the same name as marl.train.ENV_FAULTS
 MAX_FAULTS_KEY = "max_env_faults_per_iteration"
+REPORT_KEY = "env_fault_report_key"  # where a remote runner posts the limit it hit
+
+
+def pop_remote_fault_limit(key: str | None) -> str | None:
+    """The line a remote EnvRunner posted when it went past the fault limit, once."""
+    from ray.experimental import internal_kv
+
+    if not key or not internal_kv._internal_kv_initialized():
+        return None
+    value = internal_kv._internal_kv_get(key)
+    if value is None:
+        return None
+    internal_kv._internal_kv_del(key)
+    return value.decode()
 
 
 class FaultTolerantEnvRunner(MultiAgentEnvRunner):
@@ -108,7 +125,13 @@ class FaultTolerantEnvRunner(MultiAgentEnvRunner):
         self._faults_this_sample += 1
         limit = (self.config.learner_config_dict or {}).get(MAX_FAULTS_KEY)
         if limit is not None and self._faults_this_sample > limit:
-            raise EnvFaultsExceeded(
+            error = EnvFaultsExceeded(
                 f"{self._faults_this_sample} env faults in one iteration (runners.{MAX_FAULTS_KEY}: "
                 f"{limit}); the last: {line}"
-            ) from e
+            )
+            key = (self.config.learner_config_dict or {}).get(REPORT_KEY)
+            if self.worker_index > 0 and key:  # a remote runner: RLlib would restart it silently
+                from ray.experimental import internal_kv
+
+                internal_kv._internal_kv_put(key, str(error).encode(), overwrite=True)
+            raise error from e

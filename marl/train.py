@@ -35,7 +35,7 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -65,6 +65,7 @@ from marl.errors import (
     describe_exception,
 )
 from marl.progress import Progress
+from marl.resources import check_cluster
 
 RUN_STATE = "run_state.json"
 RNG_STATE = "rng_state.json"
@@ -161,7 +162,8 @@ def init_ray() -> None:
     By default a run starts its own private Ray instance (``address="local"``) and ignores any
     other Ray cluster on the machine, including the stale pointer ``ray start`` leaves behind.
     ``RAY_ADDRESS`` (set by ``run.py ... --address``, and by Ray Jobs inside a submitted job)
-    joins that cluster instead: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``."""
+    joins that cluster instead: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``, with the cluster's
+    token where it has one (marl/cluster.py)."""
     import ray
 
     if not ray.is_initialized():
@@ -171,6 +173,9 @@ def init_ray() -> None:
         if address is None:
             ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
         else:
+            from marl.cluster import check_joinable
+
+            check_joinable(address)  # a missing or refused token: one line, exit 2
             try:
                 ray.init(address=address, **quiet)
             except ConnectionError as e:
@@ -181,6 +186,10 @@ def init_ray() -> None:
                 ) from None
     for name in ("ray", "ray.rllib"):  # RLlib sets its own level; keep the terminal quiet
         logging.getLogger(name).setLevel(logging.ERROR)
+    # A lost remote EnvRunner: the Trainer reports it in one line (env_runners_lost, or the
+    # fault limit it hit); RLlib's actor manager would add tracebacks, some of them of the
+    # exception the run is stopping with.
+    logging.getLogger("ray.rllib.utils.actor_manager").setLevel(logging.CRITICAL)
 
 
 def _finite(x: Any) -> bool:
@@ -209,11 +218,15 @@ def _num(x: Any) -> float | None:
 class Trainer:
     """Drives ``Algorithm.train()`` until the env-step budget is spent."""
 
-    def __init__(self, cfg: Config, run_dir: Path, state: RunState | None = None, build_config=None):
+    def __init__(self, cfg: Config, run_dir: Path, state: RunState | None = None, build_config=None,
+                 on_row: Callable[[dict[str, Any]], None] | None = None):
         """``build_config(cfg) -> AlgorithmConfig`` (default: the ``algo.name`` registry);
-        other run types (an attack) pass their own builder and config."""
+        other run types (an attack) pass their own builder and config. ``on_row(row)`` is called
+        with each metrics.jsonl row once it is written (and its checkpoint, if any, saved): a
+        sweep trial reports it to Ray Tune (marl/sweep.py)."""
         self.cfg, self.run_dir = cfg, run_dir
         self.build_config = build_config
+        self.on_row = on_row
         self.state = state or RunState()
         self.algo = None
         self.writer = None
@@ -229,6 +242,7 @@ class Trainer:
 
         torch.set_num_threads(self.cfg.runners.torch_threads)
         init_ray()
+        check_cluster(self.cfg.runners)  # a config the cluster cannot serve: UserError, exit 2
         algo_cfg = (self.build_config or build_algorithm_config)(self.cfg)
         if resume_from is not None:
             # Fresh env seeds after a resume, derived from (seed, iteration), so the envs do
@@ -283,16 +297,19 @@ class Trainer:
                 if at_checkpoint:
                     last_ckpt = self.save_checkpoint()
                     self._draw_graphs()
+                if self.on_row is not None:
+                    self.on_row(row)
         self.writer.close()
         return self.run_dir
 
     def _train_iteration(self, last_ckpt: Path | None) -> dict[str, Any]:
         """``Algorithm.train()``; the env failures it cannot recover from become one line."""
         from envs.errors import NonFiniteOutput
+        from marl.runners import REPORT_KEY, pop_remote_fault_limit
 
         env = f"env '{getattr(self.cfg.env, 'import_', '?')}'"
         try:
-            return self.algo.train()
+            result = self.algo.train()
         except Exception as e:
             cause = _cause(e, (NonFiniteOutput, EnvFaultsExceeded))
             if isinstance(cause, NonFiniteOutput):
@@ -308,6 +325,14 @@ class Trainer:
                     f"training stopped; {_last_good(last_ckpt)}"
                 ) from e
             raise
+        # A remote runner past the limit was restarted by RLlib; it left its line behind.
+        remote = pop_remote_fault_limit((self.algo.config.learner_config_dict or {}).get(REPORT_KEY))
+        if remote is not None:
+            raise EnvFaultsExceeded(
+                f"{env} keeps failing: {remote} (iteration {self.state.iteration + 1}); "
+                f"training stopped; {_last_good(last_ckpt)}"
+            )
+        return result
 
     def _pop_fault_lines(self) -> list[str]:
         """The faults each EnvRunner saw since last asked (marl/runners.py)."""
@@ -542,15 +567,24 @@ def crash_reported(run_dir: Path, what: str = "training") -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------ entry points
-def train(cfg: Config) -> Path:
+def train(cfg: Config, run_dir: Path | None = None, on_row: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """A new run: in a new directory under ``cfg.output_dir``, or at ``run_dir`` (which must
+    not exist yet: a sweep names its trials' directories). ``on_row``: see ``Trainer``."""
     init_ray()  # before the run directory: a cluster that cannot be joined leaves nothing behind
-    run_dir = create_run_dir(cfg)
+    if run_dir is None:
+        run_dir = create_run_dir(cfg)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=False)
     (run_dir / "plots").mkdir()
     write_config(cfg, run_dir / "config.yaml")
-    trainer = Trainer(cfg, run_dir)
+    trainer = Trainer(cfg, run_dir, on_row=on_row)
     try:
         try:
             trainer.build()
+        except UserError:  # e.g. more runners or GPUs than the cluster has: exit 2
+            trainer.stop()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         except Exception as e:  # nothing was trained: leave no run directory behind
             trainer.stop()
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -594,12 +628,14 @@ def load_run(run_dir: Path) -> tuple[Config, Path]:
     return cfg, ckpt
 
 
-def resume(run_dir: Path) -> Path:
+def resume(run_dir: Path, on_row: Callable[[dict[str, Any]], None] | None = None) -> Path:
     cfg, ckpt = load_run(run_dir)
     state = RunState(**json.loads((ckpt / RUN_STATE).read_text()))
+    init_ray()
+    check_cluster(cfg.runners)  # before anything in the run directory changes
     truncate_metrics(run_dir / "metrics.jsonl", state.iteration)
     print(f"resuming {run_dir} from {ckpt.name} (env step {state.env_steps})", file=sys.stderr)
-    trainer = Trainer(cfg, run_dir, state)
+    trainer = Trainer(cfg, run_dir, state, on_row=on_row)
     try:
         with crash_reported(run_dir, "resuming the run"):
             trainer.build(resume_from=ckpt)

@@ -111,10 +111,11 @@ def test_black_box_attacker_reaches_only_the_act_callable(victim, adversary):
     assert victim_hits(reachable(env, plugin, attacker), modules) == []
     handle = env.victims[setup.cfg.victim.team]
     assert not hasattr(handle, "__dict__") and type(handle).__slots__ == ("_handle",)
-    # The walk does find the victim where it is handed over: a white-box plugin's env.
+    # The walk does find the victim where it is handed over: a white-box plugin's env (the
+    # env's own victim team, whose hidden states a recurrent victim's white box must read).
     wb = load_attack_config(None, [], victim=str(victim), adversary="obs_pgd")
     wb_env = make_env(wb, wb.plugin())
-    assert victim_hits(reachable(wb_env), list(wb.victim.modules.values()))
+    assert victim_hits(reachable(wb_env), list(_victim(wb.cfg.victim.checkpoint).modules.values()))
 
 
 # ------------------------------------------------------------------- end to end + resume

@@ -106,11 +106,15 @@ def test_env_that_raises_once_is_recreated_its_episode_dropped_and_the_run_finis
     assert [e.value for e in events.Scalars("env_faults")] == [0, 1, 0]
 
 
-def test_env_that_always_raises_stops_at_the_limit_with_one_error_line_and_a_kept_checkpoint(tmp_path):
+@pytest.mark.parametrize("remote_runners", [0, 1], ids=["local_runner", "remote_runner"])
+def test_env_that_always_raises_stops_at_the_limit_with_one_error_line_and_a_kept_checkpoint(tmp_path, remote_runners):
+    # With a remote runner, RLlib restarts the runner that raised; the limit must still stop
+    # the run, with the env's own exception in the line.
     proc = run_cli(
         "train", "configs/mappo_simple_spread.yaml", *TINY, "env.import=tests.toy_envs:flaky_env",
         "env.kwargs={fail_at: 250, always: true}", "train.total_env_steps=1000",
-        "runners.max_env_faults_per_iteration=3", f"output_dir={tmp_path}",
+        "runners.max_env_faults_per_iteration=3", f"runners.num_env_runners={remote_runners}",
+        f"output_dir={tmp_path}",
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr

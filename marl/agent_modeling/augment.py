@@ -28,7 +28,9 @@ def masked_step_count(crop: torch.Tensor, mask_fraction: float) -> torch.Tensor:
 def two_views(hist: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator,
               crop_min: int = 8, crop_max: int = 48, mask_fraction: float = 0.3):
     """hist [B, T, f] (valid prefix [0, lengths[b]) per row), lengths [B] long ≥ 1
-    → (x1, valid1, x2, valid2): [B, L, f] and [B, L] bool, L the longest crop of both views.
+    → (x1, valid1, x2, valid2): [B, L, f] and [B, L] bool, L = min(crop_max, T), the longest
+    crop possible (a width known in advance: reading the longest drawn crop back would make
+    the host wait for the device; the encoder ignores padding, so the width changes nothing).
 
     Crops are left-aligned; padding is zero and marked invalid. View 1 has its masked steps'
     features set to 0 (they stay valid). ``generator`` must live on hist's device."""
@@ -39,7 +41,7 @@ def two_views(hist: torch.Tensor, lengths: torch.Tensor, generator: torch.Genera
     lengths = lengths.to(device=hist.device, dtype=torch.long).clamp(max=hist.shape[1])
     start1, crop1 = random_crops(lengths, crop_min, crop_max, generator)
     start2, crop2 = random_crops(lengths, crop_min, crop_max, generator)
-    width = int(torch.maximum(crop1, crop2).max())
+    width = min(crop_max, hist.shape[1])
     steps = torch.arange(width, device=hist.device)
 
     def crop_view(start, crop):

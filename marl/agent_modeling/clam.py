@@ -72,9 +72,11 @@ class CLAM(nn.Module):
         return F.normalize(h, dim=-1)
 
     def contrastive_loss(self, hist: torch.Tensor, lengths: torch.Tensor,
-                         generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+                         generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """NT-Xent (Chen et al. 2020, eq. 1) of the online encoder + projection on two views of
-        each episode (crop, and crop + masked steps). → (loss, stats)."""
+        each episode (crop, and crop + masked steps). → (loss, stats); the stats are detached
+        0-d tensors on hist's device (RLlib's metrics reduce them there), and ``generator``
+        lives on that device too."""
         x1, valid1, x2, valid2 = two_views(hist, lengths, generator, self.crop_min,
                                            self.crop_max, self.mask_fraction)
         b = x1.shape[0]
@@ -86,15 +88,15 @@ class CLAM(nn.Module):
             zn = F.normalize(z, dim=1)
             sim = zn @ zn.T
             sim.fill_diagonal_(float("-inf"))
-            partner = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+            partner = torch.arange(2 * b, device=z.device).add(b).remainder(2 * b)  # b..2b-1, 0..b-1
             stats = {
-                "contrastive_loss": float(loss),
+                "contrastive_loss": loss.detach(),
                 # How often a view's nearest other view is its positive (chance ≈ 1/(2B−1)).
-                "contrastive_top1": float((sim.argmax(dim=1) == partner).float().mean()),
-                "positive_cosine": float(sim[torch.arange(2 * b), partner].mean()),
+                "contrastive_top1": (sim.argmax(dim=1) == partner).float().mean(),
+                "positive_cosine": sim[torch.arange(2 * b, device=z.device), partner].mean(),
                 # Near 0 would mean a collapsed representation.
-                "repr_std": float(F.normalize(h, dim=1).std(dim=0).mean()),
-                "view_length": float(torch.cat([valid1, valid2]).sum(dim=1).float().mean()),
+                "repr_std": F.normalize(h, dim=1).std(dim=0).mean(),
+                "view_length": torch.cat([valid1, valid2]).sum(dim=1).float().mean(),
             }
         return loss, stats
 

@@ -20,5 +20,5 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     logits = z @ z.T / temperature
     # The denominator runs over k ≠ i: a view is not its own negative.
     logits = logits.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
-    positive = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    positive = torch.arange(2 * b, device=z.device).add(b).remainder(2 * b)  # b..2b-1, 0..b-1
     return F.cross_entropy(logits, positive)

@@ -46,22 +46,28 @@ def sinkhorn(log_alpha: torch.Tensor, iters: int = SINKHORN_ITERS) -> torch.Tens
     return log_alpha.exp()
 
 
-class HardAssignment:
+class HardAssignment(nn.Module):
     """Maximum-weight permutation of each [n, n] matrix in a batch (Hungarian algorithm:
-    scipy's linear_sum_assignment, or an exact search over all n! permutations for small n)."""
+    scipy's linear_sum_assignment, or an exact search over all n! permutations for small n).
+
+    The n! candidates are a (non-persistent) buffer, so they live on the module's device and
+    the search never leaves it. scipy's path (n > 6) copies each batch to the host and back:
+    on a GPU that is one round trip per forward pass."""
 
     def __init__(self, n: int):
+        super().__init__()
         self.n = n
         if n <= ENUMERATE_PERMUTATIONS_UP_TO:
             perms = torch.tensor(list(itertools.permutations(range(n))), dtype=torch.long)
-            self.perm_onehot = F.one_hot(perms, n).float()  # [n!, n(pos), n(agent)]
+            onehot = F.one_hot(perms, n).float()  # [n!, n(pos), n(agent)]
         else:
-            self.perm_onehot = None
+            onehot = None
+        self.register_buffer("perm_onehot", onehot, persistent=False)
 
-    def __call__(self, soft: torch.Tensor) -> torch.Tensor:
+    def forward(self, soft: torch.Tensor) -> torch.Tensor:
         if self.perm_onehot is not None:
             # Score every permutation at once; identical to the Hungarian optimum.
-            cand = self.perm_onehot.to(soft.device, soft.dtype)
+            cand = self.perm_onehot.to(soft.dtype)
             best = torch.einsum("bpa,kpa->bk", soft, cand).argmax(-1)
             return cand[best]
         out = torch.zeros_like(soft)
@@ -141,16 +147,42 @@ class LearnedDAG(nn.Module):
     def record(self, adjacency: torch.Tensor, momentum: float = 0.9) -> None:
         """Track edge frequencies and the most frequent graph: this batch's
         (``batch_edge_freq``, ``batch_mode_share``, which the learner averages over an
-        iteration's minibatches) and a running record for drawings."""
+        iteration's minibatches) and a running record for drawings.
+
+        All on the module's device, with shapes known in advance (``torch.unique`` and
+        ``float()`` would make the host wait for the device at every minibatch)."""
         hard = (adjacency.detach() > 0.5).float()
         self.batch_edge_freq = hard.mean(0)
         self.edge_freq.mul_(momentum).add_(self.batch_edge_freq * (1 - momentum))
         flat = hard.reshape(hard.shape[0], -1)
-        graphs, counts = torch.unique(flat, dim=0, return_counts=True)
-        top = counts.argmax()
-        self.batch_mode_share = float(counts[top]) / flat.shape[0]
-        self.mode_graph.copy_(graphs[top].reshape(self.n, self.n))
-        self.mode_share.fill_(self.batch_mode_share)
+        counts = graph_counts(flat)
+        top = counts.argmax().reshape(1)  # a tensor index: indexing by a 0-d tensor reads it back
+        self.batch_mode_share = counts.max() / flat.shape[0]
+        self.mode_graph.copy_(flat.index_select(0, top).reshape(self.n, self.n))
+        self.mode_share.copy_(self.batch_mode_share)
+
+
+def graph_counts(flat: torch.Tensor) -> torch.Tensor:
+    """counts[b] = how many rows of ``flat`` [B, k] (0/1) equal row b, without leaving the
+    device: rows become exact integer keys (52 bits per float64 word), are sorted
+    lexicographically, and each run of equal keys is counted."""
+    b, k = flat.shape
+    words = -(-k // 52)
+    pad = torch.zeros(b, words * 52 - k, dtype=torch.float64, device=flat.device)
+    bits = torch.cat([flat.double(), pad], 1).reshape(b, words, 52)
+    weights = 2.0 ** torch.arange(52, dtype=torch.float64, device=flat.device)
+    keys = (bits * weights).sum(-1)  # [B, words], exact below 2^53
+    order = torch.arange(b, device=flat.device)
+    for w in reversed(range(words)):  # stable sorts, least significant word first
+        order = order[keys[order, w].argsort(stable=True)]
+    sorted_keys = keys[order]
+    new_run = torch.ones(b, dtype=torch.bool, device=flat.device)
+    new_run[1:] = (sorted_keys[1:] != sorted_keys[:-1]).any(-1)
+    run = new_run.long().cumsum(0) - 1  # run id of each sorted row
+    sizes = torch.zeros(b, dtype=torch.long, device=flat.device).scatter_add_(0, run, torch.ones_like(run))
+    counts = torch.empty_like(sizes)
+    counts[order] = sizes[run]
+    return counts
 
 
 def as_numpy_graph(adjacency: torch.Tensor) -> np.ndarray:

@@ -17,40 +17,53 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 
 
 class EpisodeBuffer:
-    def __init__(self, capacity: int, length: int, dim: int, seed: int = 0):
-        self.hist = np.zeros((capacity, length, dim), np.float32)
-        self.lengths = np.zeros(capacity, np.int64)
+    """On ``device`` (the learner's): episodes are copied in once, as they finish, and the
+    contrastive batches are drawn and read there, so an encoder step moves no data between
+    host and device."""
+
+    def __init__(self, capacity: int, length: int, dim: int, seed: int = 0, device: Any = "cpu"):
+        self.device = torch.device(device)
+        self.hist = torch.zeros((capacity, length, dim), dtype=torch.float32, device=self.device)
+        self.lengths = torch.zeros(capacity, dtype=torch.long, device=self.device)
         self.capacity, self.size, self._next = capacity, 0, 0
-        self.rng = np.random.default_rng(seed)
+        self.rng = torch.Generator(device=self.device).manual_seed(seed)
 
-    def add(self, hist: np.ndarray, lengths: np.ndarray) -> None:
-        """``hist`` [k, T, f], ``lengths`` [k]: k episode prefixes (oldest overwritten first)."""
-        for h, n in zip(hist, lengths, strict=True):
-            self.hist[self._next] = h
-            self.lengths[self._next] = max(int(n), 1)
-            self._next = (self._next + 1) % self.capacity
-            self.size = min(self.size + 1, self.capacity)
+    def add(self, hist, lengths) -> None:
+        """``hist`` [k, T, f], ``lengths`` [k] (arrays or tensors): k episode prefixes, in one
+        copy (oldest overwritten first)."""
+        hist = torch.as_tensor(np.asarray(hist, np.float32))
+        lengths = torch.as_tensor(np.asarray(lengths, np.int64)).clamp(min=1)
+        k = len(hist)
+        # Row i goes to slot (next + i) mod capacity; of more rows than slots, the last win.
+        slots = ((self._next + torch.arange(k)) % self.capacity)[-self.capacity:].to(self.device)
+        self.hist[slots] = hist[-self.capacity:].to(self.device, non_blocking=True)
+        self.lengths[slots] = lengths[-self.capacity:].to(self.device, non_blocking=True)
+        self._next = (self._next + k) % self.capacity
+        self.size = min(self.size + k, self.capacity)
 
-    def sample(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = self.rng.choice(self.size, size=min(k, self.size), replace=False)
+    def sample(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """min(k, size) episodes drawn uniformly without replacement: ([k, T, f], [k])."""
+        idx = torch.randperm(self.size, generator=self.rng, device=self.device)[:k]
         return self.hist[idx], self.lengths[idx]
 
 
 class FinishedEpisodes(ConnectorV2):
     """Learner connector piece, first in the pipeline (before RLlib adds its bootstrap step):
     hands the last observation's history of every finished episode of a module that models
-    the other agents to ``sink(module_id, history [n, T, f], lengths [n])``. The batch is left
-    unchanged."""
+    the other agents to ``sink(module_id, history [k·n, T, f], lengths [k·n])``, once per module
+    and batch (one copy to the learner's device). The batch is left unchanged."""
 
     def __init__(self, input_observation_space=None, input_action_space=None, *, sink: Callable):
         super().__init__(input_observation_space, input_action_space)
         self.sink = sink
 
     def __call__(self, *, rl_module, batch: dict[str, Any], episodes, **kwargs):
+        found: dict[str, tuple[list, list]] = {}
         for sa_episode in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
             mid = sa_episode.module_id
             if mid not in rl_module or not getattr(rl_module[mid].unwrapped(), "models_agents", False):
@@ -60,5 +73,9 @@ class FinishedEpisodes(ConnectorV2):
             last = sa_episode.get_observations(-1)
             hist = np.asarray(last["history"], np.float32)  # [n, T, f]
             n_valid = int(np.asarray(last["history_len"]).reshape(-1)[0])
-            self.sink(mid, hist, np.full(hist.shape[0], n_valid, np.int64))
+            hists, lengths = found.setdefault(mid, ([], []))
+            hists.append(hist)
+            lengths.append(np.full(hist.shape[0], n_valid, np.int64))
+        for mid, (hists, lengths) in found.items():
+            self.sink(mid, np.concatenate(hists), np.concatenate(lengths))
         return batch

@@ -22,6 +22,12 @@ once the buffer holds ``min_episodes``. The contrastive loss is added to the mod
 policy's optimizer holds none of the encoder's parameters and the actor reads a detached
 representation, so each optimizer steps on its own loss only (RLlib clips gradients per
 optimizer). After every step the EMA encoder moves toward the online one.
+
+Recurrent modules (``model.recurrent``) arrive as RLlib's zero-padded [B, T] sequences with a
+loss mask (``AddTimeDimToBatchAndZeroPad``); the module runs each sequence from its stored
+state, and the loss flattens the steps and counts the real ones only (padding, like RLlib's
+bootstrap row, is masked), so every term is a mean over the same (step, agent) slots as
+without recurrence.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
-from ray.rllib.connectors.common import AgentToModuleMapping
+from ray.rllib.connectors.common import AddTimeDimToBatchAndZeroPad
 from ray.rllib.connectors.learner import GeneralAdvantageEstimation
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
@@ -42,7 +48,7 @@ from marl.graphs.annealing import DensitySchedule
 from marl.learners.episode_buffer import EpisodeBuffer, FinishedEpisodes
 from marl.learners.executed import EXECUTED, ExecutedActions
 from marl.learners.gae import TeamGAE
-from marl.modules.joint_policy import DAG_DENSITY
+from marl.modules.joint_policy import DAG_DENSITY, flatten_time
 
 HUBER_DELTA = 10.0
 
@@ -63,15 +69,17 @@ class JointPPOLearner(PPOTorchLearner):
             self._learner_connector.append(
                 TeamGAE(gamma=self.config.gamma, lambda_=self.config.lambda_)
             )
-            # Per (step, agent): was the sampled action executed? (partial control)
-            self._learner_connector.insert_before(AgentToModuleMapping, ExecutedActions())
+            # Per (step, agent): was the sampled action executed? (partial control) Added
+            # before the time dimension, so recurrent modules get it zero-padded like the rest.
+            self._learner_connector.insert_before(AddTimeDimToBatchAndZeroPad, ExecutedActions())
             # Finished episodes' prefixes, for the agent models' encoders.
             self._learner_connector.prepend(FinishedEpisodes(sink=self._store_episodes))
         self.episode_buffers: dict[str, EpisodeBuffer] = {}
         self._minibatch_steps: dict[str, int] = {}  # this update's, per module (reset each update)
         self._encoder_stepped: set[str] = set()  # modules whose encoder trains on this minibatch
-        seed = self.config.seed or 0
-        self._contrastive_rng = torch.Generator().manual_seed(seed)
+        # The views' random crops and masks are drawn on the learner's device (a CUDA op
+        # refuses a CPU generator).
+        self._contrastive_rng = torch.Generator(device=self._device).manual_seed(self.config.seed or 0)
 
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
         # Frozen and scripted teams are never updated: no optimizer (a scripted team has no
@@ -106,7 +114,8 @@ class JointPPOLearner(PPOTorchLearner):
         if module_id not in self.episode_buffers:
             am = self._agent_modeling(self._module[module_id].unwrapped())
             self.episode_buffers[module_id] = EpisodeBuffer(
-                am.get("buffer_episodes", 10000), hist.shape[1], hist.shape[2], seed=self.config.seed or 0
+                am.get("buffer_episodes", 10000), hist.shape[1], hist.shape[2], seed=self.config.seed or 0,
+                device=self._device,
             )
         self.episode_buffers[module_id].add(hist, lengths)
 
@@ -123,13 +132,9 @@ class JointPPOLearner(PPOTorchLearner):
         if buffer is None or buffer.size < am.get("min_episodes", 16) or count % am.get("encoder_every", 1):
             return None, stats
         self._encoder_stepped.add(module_id)
-        hist, lengths = buffer.sample(am.get("batch_episodes", 512))
-        device = next(module.parameters()).device
-        loss, extra = module.agent_model.contrastive_loss(
-            torch.from_numpy(hist).to(device), torch.from_numpy(lengths).to(device), self._contrastive_rng
-        )
+        hist, lengths = buffer.sample(am.get("batch_episodes", 512))  # on the learner's device
+        loss, extra = module.agent_model.contrastive_loss(hist, lengths, self._contrastive_rng)
         stats.update({f"agent_model/{k}": v for k, v in extra.items()})
-        stats["agent_model/contrastive_loss"] = loss.detach()
         return loss, stats
 
     def apply_gradients(self, gradients_dict) -> None:
@@ -180,6 +185,9 @@ class JointPPOLearner(PPOTorchLearner):
 
     def compute_loss_for_module(self, *, module_id, config, batch: dict[str, Any], fwd_out):
         module = self.module[module_id].unwrapped()
+        if getattr(module, "recurrent", None) is not None and module.has_time_dim(batch):
+            b, t = batch[Columns.OBS]["obs"].shape[:2]  # [B, T] sequences: one row per step
+            batch, fwd_out = flatten_time(batch, b, t), flatten_time(fwd_out, b, t)
         density = None
         if DAG_DENSITY in fwd_out and self.density_schedule is not None:
             density = (

@@ -38,13 +38,13 @@ class ValueNorm(nn.Module):
         """x: [B, size] value targets; mask: [B, size], 1 where a target counts.
 
         Column by column: a column with no counted row in this batch (an agent dead or padded
-        throughout, under IPPO) keeps its statistics, and the other columns still update."""
+        throughout, under IPPO; every column in a minibatch of padding rows only) keeps its
+        statistics exactly (its decay is 1 and its increment 0), and the other columns still
+        update. No branch on the data, so the host never waits for the device here."""
         x = x.reshape(-1, self.running_mean.numel()).float()
         mask = torch.ones_like(x) if mask is None else mask.reshape_as(x).float()
         count = mask.sum(0)
         seen = count > 0
-        if not bool(seen.any()):  # e.g. a minibatch of padding rows only
-            return
         safe = count.clamp(min=1.0)
         x = torch.where(mask > 0, x, torch.zeros_like(x))
         mean, mean_sq = x.sum(0) / safe, (x**2).sum(0) / safe

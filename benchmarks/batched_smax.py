@@ -1,0 +1,159 @@
+"""Training env steps per second on SMAX smacv2_5_units, three ways, in one process:
+
+- ``batched``: this project's MAPPO with ``runners.batched=true``: one EnvRunner steps
+  ``--batched-envs`` copies of SMAX as one jitted, vmapped call per step and runs the team
+  module once over all of them (marl/batched_runner.py);
+- ``per_env``: the same MAPPO through today's path: RLlib's MultiAgentEnvRunner stepping
+  ``--envs`` copies of the same env (``SmaxParallelEnv`` through the team adapter) one by one;
+- ``rllib_ppo``: RLlib's stock PPO over the per-env env (``SmaxParallelEnv`` in RLlib's
+  ``ParallelPettingZooEnv``, one agent per ally), one shared policy with RLlib's default
+  module (MLP 64-64 tanh; it does not read the action masks: SMAX ignores illegal actions),
+  ``--envs`` copies per runner, matched to MAPPO as in benchmarks/throughput.py: minibatch
+  n × the team minibatch (RLlib counts agent rows, MAPPO team steps of n rows each), no
+  value-loss clipping, no KL term.
+
+All three: the same train batch (env steps per iteration), minibatch, epochs, lr, one local
+EnvRunner (``num_env_runners=0``) and a local learner, torch on 1 thread, JAX on the CPU; the
+JIT compile happens in an untimed warm-up iteration. The timed ``train()`` calls (sampling +
+learning) are interleaved, one of each in turn, so load from other processes hits them alike.
+``per_cpu_s`` is env steps per CPU second of this process (everything runs in it), which a
+shared machine's load disturbs far less than wall time. ``sampling`` times the same runners'
+``sample()`` of one train batch alone (no learner), interleaved likewise: the part of an
+iteration that the batched path changes. The last stdout line is one JSON object.
+
+    python benchmarks/batched_smax.py [--iterations 3] [--batch 8192] [--batched-envs 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MAP = "smacv2_5_units"
+N_ALLIES = 5
+# MAPPO's settings (configs/base.yaml) where RLlib's PPO defaults differ (benchmarks/throughput.py).
+MATCHED_PPO = {"gamma": 0.99, "lambda_": 0.95, "clip_param": 0.2, "entropy_coeff": 0.01,
+               "grad_clip": 10.0, "vf_clip_param": float("inf"), "use_kl_loss": False, "kl_coeff": 0.0}
+
+
+def mappo(args, batched: bool):
+    from marl.algorithms import build_algorithm_config
+    from marl.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "env" / f"smax_{MAP}.yaml", [
+        f"algo.train_batch_size={args.batch}", f"algo.minibatch_size={args.minibatch}",
+        f"algo.num_epochs={args.epochs}", "runners.num_env_runners=0",
+        f"runners.num_envs_per_env_runner={args.batched_envs if batched else args.envs}",
+        f"runners.batched={str(batched).lower()}",
+    ])
+    return build_algorithm_config(cfg).build_algo()
+
+
+def stock_ppo(args):
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+    from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
+    from ray.tune.registry import register_env
+
+    from envs.smax import SmaxParallelEnv
+
+    register_env("smax_pz", lambda cfg: ParallelPettingZooEnv(SmaxParallelEnv(**cfg)))
+    config = (
+        PPOConfig()
+        .environment("smax_pz", env_config={"map_name": MAP})
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=args.envs, rollout_fragment_length="auto")
+        .multi_agent(policies={"shared"}, policy_mapping_fn=lambda aid, *a, **k: "shared")
+        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64], fcnet_activation="tanh"))
+        .training(train_batch_size=args.batch, num_epochs=args.epochs, lr=5e-4,
+                  minibatch_size=N_ALLIES * args.minibatch, **MATCHED_PPO)
+        .debugging(seed=0, log_level="ERROR")
+    )
+    return config.build_algo()
+
+
+def time_algos(algos: dict, iterations: int) -> dict[str, dict]:
+    """One untimed warm-up ``train()`` each (JIT compile, set-up), then ``iterations`` timed
+    calls of each, interleaved. Env steps per wall and per CPU second of this process."""
+    for algo in algos.values():
+        algo.train()
+    acc = {k: {"steps": 0, "wall": 0.0, "cpu": 0.0} for k in algos}
+    for _ in range(iterations):
+        for name, algo in algos.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            result = algo.train()
+            a = acc[name]
+            a["wall"] += time.perf_counter() - w0
+            a["cpu"] += time.process_time() - c0
+            a["steps"] += int(result["env_runners"]["num_env_steps_sampled"])
+    # Sampling alone: the same EnvRunners' sample() of one train batch, interleaved.
+    for _ in range(iterations):
+        for name, algo in algos.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            episodes = algo.env_runner.sample(num_timesteps=algo.config.train_batch_size)
+            a = acc[name]
+            a["sample_wall"] = a.get("sample_wall", 0.0) + time.perf_counter() - w0
+            a["sample_cpu"] = a.get("sample_cpu", 0.0) + time.process_time() - c0
+            a["sample_steps"] = a.get("sample_steps", 0) + sum(len(e) for e in episodes)
+            algo.env_runner.get_metrics()
+    out = {}
+    for name, algo in algos.items():
+        algo.stop()
+        a = acc[name]
+        out[name] = {"steps_per_s": round(a["steps"] / a["wall"], 1),
+                     "steps_per_cpu_s": round(a["steps"] / a["cpu"], 1),
+                     "env_steps_per_iter": a["steps"] / iterations,
+                     "wall_s_per_iter": round(a["wall"] / iterations, 2),
+                     "sampling_steps_per_s": round(a["sample_steps"] / a["sample_wall"], 1),
+                     "sampling_steps_per_cpu_s": round(a["sample_steps"] / a["sample_cpu"], 1)}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--iterations", type=int, default=3, help="timed train() calls per algorithm")
+    p.add_argument("--batch", type=int, default=8192, help="train batch, env steps (all three)")
+    p.add_argument("--minibatch", type=int, default=1024, help="team steps (MAPPO); stock PPO: n × this agent rows")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--envs", type=int, default=16, help="env copies per runner, per-env paths")
+    p.add_argument("--batched-envs", type=int, default=512, help="env copies per runner, batched path")
+    args = p.parse_args()
+
+    warnings.filterwarnings("ignore")
+    import ray
+    import torch
+
+    torch.set_num_threads(1)  # as the trainer does (runners.torch_threads)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR)
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    algos = {"batched": mappo(args, True), "per_env": mappo(args, False), "rllib_ppo": stock_ppo(args)}
+    details = time_algos(algos, args.iterations)
+    print(json.dumps(details), file=sys.stderr, flush=True)
+    out = {k: v["steps_per_s"] for k, v in details.items()}
+    out["per_cpu_s"] = {k: v["steps_per_cpu_s"] for k, v in details.items()}
+    out["env_steps_per_iter"] = {k: v["env_steps_per_iter"] for k, v in details.items()}
+    out["wall_s_per_iter"] = {k: v["wall_s_per_iter"] for k, v in details.items()}
+    out["sampling"] = {k: v["sampling_steps_per_s"] for k, v in details.items()}
+    out["sampling_per_cpu_s"] = {k: v["sampling_steps_per_cpu_s"] for k, v in details.items()}
+    for table, rate in (("ratios", out), ("ratios_per_cpu_s", out["per_cpu_s"]),
+                        ("sampling_ratios", out["sampling"]), ("sampling_ratios_per_cpu_s", out["sampling_per_cpu_s"])):
+        out[table] = {
+            "batched_vs_rllib_ppo": round(rate["batched"] / rate["rllib_ppo"], 2),
+            "batched_vs_per_env": round(rate["batched"] / rate["per_env"], 2),
+            "per_env_vs_rllib_ppo": round(rate["per_env"] / rate["rllib_ppo"], 2),
+        }
+    out["settings"] = {"map": MAP, **{k: getattr(args, k) for k in
+                                      ("batch", "minibatch", "epochs", "iterations", "envs", "batched_envs")}}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

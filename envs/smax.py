@@ -8,7 +8,7 @@ SMAC-like maps such as ``3m`` and ``2s3z``. Install extra: ``.[smax]``.
 - The env's functions are jitted once per process and shared by every copy, so the compile
   cost is paid once, not per step or per copy.
 - Per agent: SMAX's observation, its avail-actions as ``info["action_mask"]``, and death as
-  termination. ``state()`` is SMAX's world state, rescaled (``world_state``, below). Rewards,
+  termination. ``state()`` is SMAX's world state, raw or rescaled (``world_state``, below). Rewards,
   deaths and outcomes are
   translated by ``envs.battle``, as for SMACv2: the team reward (the same for every ally) is
   paid once, so a team return is SMAX's return. When the battle ends, every agent's info
@@ -18,14 +18,14 @@ World state. SMAX's own ``get_world_state`` holds raw map positions (0 to 32), t
 cooldown timer (which keeps falling while a unit holds fire: about -50 after a 100-step
 episode) and unit-type indices, next to features in [0, 1]. Fed as is, they saturate a tanh
 critic's first layer (72% of a fresh critic's units past |tanh| > 0.99 on 3m; BENCHMARKS.md,
-issue 12). ``world_state="normalized"`` (the default, a kwarg of both the per-copy and the
-batched env) keeps SMAX's layout and size and rescales as SMAC's own state does (Samvelyan et
+issue 12). ``world_state="normalized"`` (a kwarg of both the per-copy and the batched env;
+configs/env/smax_*.yaml set it) keeps SMAX's layout and size and rescales as SMAC's own state does (Samvelyan et
 al. 2019, ``get_state``): per unit health / max health, position (x - W/2) / (W/2) and
 (y - H/2) / (H/2), the cooldown as a fraction of the unit type's, clipped to [0, 1] (as SMAX's
 observations do), the unit type one-hot, zeros for a dead unit; then every unit's team, and
-its type index / (types - 1). ``world_state="raw"`` is SMAX's state unchanged. Only critics
-read the state, so a team trained on the raw state acts the same under either; resuming its
-training needs ``world_state: raw``.
+its type index / (types - 1). ``world_state="raw"``, the default, is SMAX's state unchanged:
+a run made before the rescaling existed (its config.yaml names no ``world_state``) resumes
+with the critic input it was trained on.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _functions(map_name: str, platform: str, kwargs_items: tuple):
         from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
 
     kwargs = dict(kwargs_items)
-    world_state = kwargs.pop("world_state", "normalized")
+    world_state = kwargs.pop("world_state", "raw")
     if world_state not in WORLD_STATES:
         raise ValueError(f"world_state must be one of {WORLD_STATES} (got {world_state!r})")
     env = HeuristicEnemySMAX(scenario=map_name_to_scenario(map_name), **kwargs)

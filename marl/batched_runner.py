@@ -13,8 +13,10 @@ learners are unchanged.
 
 What is the same as the per-env path (marl/runners.py): RLlib's Algorithm, learners, weight
 sync, checkpoints; the env seeds (copy b of runner w is seeded with ``seed + w + b``, as
-RLlib's vector env seeds its copies, so with the same actions the episodes are the same:
-tests/test_batched.py); an env that raises is a fault (counted, bounded by
+RLlib's vector env seeds its copies, so on SMAX the episodes are those of the per-env path
+with the same actions: tests/test_batched.py; as there, copies of neighbouring runners share
+seeds when there are several runners; VMAS steps every copy in one env seeded once, with the
+first copy's seed, so its episodes differ from the per-env path's); an env that raises is a fault (counted, bounded by
 ``max_env_faults_per_iteration``, the env recreated and the sample's steps dropped); NaN or inf
 from the env ends the run (``nonfinite_env_output: error``); episode metrics and
 ``on_episode_end`` / ``on_sample_end`` callbacks (``win_rate``).

@@ -267,6 +267,7 @@ def _cmd_sweep(args) -> int:
                             "the sweep's own sweep.json says what to run")
         plan = sweep.load_sweep(path)
         if flag == "--resume":
+            print(f"sweep directory: {path} (resumed)", file=sys.stderr)
             summary = sweep.run_sweep(path, plan)
         else:
             summary = sweep.write_summary(path, plan)
@@ -278,6 +279,7 @@ def _cmd_sweep(args) -> int:
         from marl.train import init_ray
 
         init_ray()  # before the sweep directory: a cluster that cannot be joined leaves nothing behind
+        sweep.check_fits(configs)  # ... nor one that cannot hold a trial
         sweep.create_sweep(plan, configs, path)
         print(f"sweep directory: {path} (continue a stopped sweep with: run.py sweep --resume {path})",
               file=sys.stderr)
@@ -400,9 +402,10 @@ def _cmd_jobs(args) -> int:
 
 class _Watched:
     """A stream that remembers its last non-empty line and the run directories named on it
-    (``run directory: X`` / ``resuming X from ...``, as train, resume and attack print them)."""
+    (``run directory: X`` / ``resuming X from ...``, as train, resume and attack print them;
+    ``sweep directory: X``, as sweep does)."""
 
-    RUN_DIR = re.compile(r"^(?:run directory: (\S+)|resuming (\S+) from )")
+    RUN_DIR = re.compile(r"^(?:run directory: (\S+)|resuming (\S+) from |sweep directory: (\S+))")
 
     def __init__(self, stream):
         self.stream, self.last, self.run_dirs = stream, None, []
@@ -413,7 +416,7 @@ class _Watched:
                 self.last = line
                 m = self.RUN_DIR.match(line)
                 if m:
-                    self.run_dirs.append(m.group(1) or m.group(2))
+                    self.run_dirs.append(m.group(1) or m.group(2) or m.group(3))
         return self.stream.write(text)
 
     def __getattr__(self, name):

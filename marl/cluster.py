@@ -20,6 +20,7 @@ the same authenticated HTTP API. No shared filesystem is assumed.
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import hashlib
 import io
@@ -382,6 +383,8 @@ def fetch(cluster: Cluster, job_id: str, dest: Path, timeout_s: float = 600) -> 
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             tar.extractall(tmp, filter="data")  # refuses absolute paths, links out, devices
         os.replace(tmp / Path(remote).name, target)
+    except (tarfile.TarError, OSError) as e:  # e.g. a link that points out of the run directory
+        raise UserError(f"cannot fetch '{remote}': its archive cannot be unpacked safely ({e}); nothing was kept") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -406,6 +409,9 @@ def _fetch_bytes(cluster: Cluster, remote: str, node_id: str | None, timeout_s: 
         return decode_fetch(logs, remote)
     finally:
         with contextlib.suppress(Exception):
+            if str(cluster.client.get_job_status(job)) not in TERMINAL:  # timed out: do not leave it running
+                cluster.client.stop_job(job)
+                cluster.wait(job, 30)
             cluster.client.delete_job(job)
 
 
@@ -416,9 +422,13 @@ def decode_fetch(logs: str, remote: str) -> bytes:
         end = next(i for i in range(start, len(lines)) if lines[i].startswith(FETCH_END))
     except StopIteration:
         raise UserError(f"cannot fetch '{remote}': the fetch job's logs hold no archive") from None
-    _, digest, size = lines[start].split()
-    data = base64.b64decode("".join(lines[start + 1:end]))
-    if len(data) != int(size) or hashlib.sha256(data).hexdigest() != digest:
+    try:
+        _, digest, size = lines[start].split()
+        data = base64.b64decode("".join(lines[start + 1:end]))
+        size = int(size)
+    except (ValueError, binascii.Error):
+        raise UserError(f"cannot fetch '{remote}': the archive arrived damaged (unreadable)") from None
+    if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
         raise UserError(f"cannot fetch '{remote}': the archive arrived damaged (size or SHA-256 differ)")
     return data
 

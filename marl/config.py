@@ -502,6 +502,7 @@ def _check_batched(config: Config) -> None:
     refused = {
         "env.teams": (config.env.teams, "one team of every agent (env.teams: null)"),
         "model.agent_modeling": (config.model.agent_modeling, "no agent-modelling history (null)"),
+        "model.recurrent": (config.model.recurrent, "a feed-forward model (null): it carries no hidden state"),
         "defense": (config.defense, "no training-time defense (null)"),
         "runners.nonfinite_env_output": (
             config.runners.nonfinite_env_output != "error", "'error' (NaN from the env ends the run)"

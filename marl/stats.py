@@ -3,7 +3,7 @@
 - ``mean_ci``: the mean with a percentile-bootstrap 95% CI (``scipy.stats.bootstrap``);
 - ``iqm_ci``: the interquartile mean (the mean of the middle 50%, Agarwal et al., NeurIPS 2021,
   "Deep RL at the edge of the statistical precipice") with the same bootstrap;
-- ``curve_band``: learning curves of several seeds, aligned by iteration, with their mean and
+- ``curve_band``: learning curves of several seeds, aligned by x (interpolated), with their mean and
   a 95% t band.
 """
 
@@ -53,12 +53,16 @@ def iqm_ci(values, seed: int = 0) -> dict[str, Any]:
 
 
 def curve_band(curves: list[list[tuple[float, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Curves [(x, y), ...] of several seeds, aligned by index and cut to the shortest:
-    x (the first curve's), the mean of y, and the half-width of a 95% t interval across seeds
-    (None for a single curve)."""
-    length = min(len(c) for c in curves)
-    x = np.array([p[0] for p in curves[0][:length]], float)
-    y = np.array([[p[1] for p in c[:length]] for c in curves], float)
+    """Curves [(x, y), ...] of several seeds, x increasing: x (the first curve's points inside
+    the range every curve covers), the mean of y over seeds at those x, and the half-width of a
+    95% t interval across seeds (None for a single curve). Each seed is read at those x by
+    linear interpolation, so seeds whose rows fall at other x (a seed whose first episode ended
+    an iteration later) are compared at the same x, not row by row."""
+    if any(len(c) == 0 for c in curves):
+        return np.zeros(0), np.zeros(0), None if len(curves) < 2 else np.zeros(0)
+    lo, hi = max(c[0][0] for c in curves), min(c[-1][0] for c in curves)
+    x = np.array([p[0] for p in curves[0] if lo <= p[0] <= hi], float)
+    y = np.array([np.interp(x, [p[0] for p in c], [p[1] for p in c]) for c in curves], float)
     half = None
     if len(curves) >= 2:
         half = stats.t.ppf(0.975, len(curves) - 1) * y.std(0, ddof=1) / np.sqrt(len(curves))

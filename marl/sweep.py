@@ -288,16 +288,25 @@ def run_trial(config: dict[str, Any]) -> None:
 
 
 def _resources(sweep_dir: Path):
-    """A placement group per trial: the trainer's process (its torch threads, and the GPU of an
-    in-process learner) plus one CPU per remote EnvRunner, which RLlib starts inside it."""
+    """A placement group per trial, the bundles RLlib asks for (marl/resources.py counts the
+    same): the trainer's process (its torch threads, and the GPU of an in-process learner),
+    one bundle per remote EnvRunner (a CPU and its GPUs) and per remote Learner; RLlib starts
+    them inside the trial's group, so a bundle left out would leave the trial pending."""
     from ray.tune import PlacementGroupFactory
+
+    from marl.resources import CPUS_PER_ENV_RUNNER, demand
+
+    def bundle(cpus: float, gpus: float) -> dict[str, float]:
+        return {k: v for k, v in (("CPU", cpus), ("GPU", gpus)) if v}
 
     def per_trial(config: dict[str, Any]):
         r = trial_config(sweep_dir, config["trial"]).runners
-        head = {"CPU": max(1, r.torch_threads)}
-        if r.num_gpus_per_learner:
-            head["GPU"] = r.num_gpus_per_learner
-        return PlacementGroupFactory([head] + [{"CPU": 1}] * r.num_env_runners)
+        d = demand(r)
+        head = bundle(max(1, r.torch_threads), d.driver_gpus)
+        runners = [bundle(CPUS_PER_ENV_RUNNER, r.num_gpus_per_env_runner)] * r.num_env_runners
+        learners = [bundle(d.learner_cpus / r.num_learners, r.num_gpus_per_learner)] * r.num_learners \
+            if r.num_learners else []
+        return PlacementGroupFactory([head, *runners, *[b for b in learners if b]])
 
     return per_trial
 
@@ -356,6 +365,7 @@ def run_sweep(sweep_dir: Path, plan: Plan, log: Callable[[str], None] = lambda m
         failed: dict[str, str] = {}
         if todo:
             init_ray()
+            check_fits([trial_config(sweep_dir, name) for name in todo])
             failed = _fit(sweep_dir, todo, log)
         summary = write_summary(sweep_dir, plan)
     finally:
@@ -368,6 +378,19 @@ def run_sweep(sweep_dir: Path, plan: Plan, log: Callable[[str], None] = lambda m
             f"continue with: run.py sweep --resume {sweep_dir}"
         )
     return summary
+
+
+def check_fits(configs: list) -> None:
+    """A trial the attached cluster cannot hold would wait in Tune forever: refuse it first
+    (exit 2, naming the key). Its trainer runs in a Tune worker, so a GPU anywhere in the
+    cluster serves an in-process learner. Ray must be up."""
+    import ray
+
+    from marl.resources import check_resources
+
+    have = ray.cluster_resources()
+    for cfg in configs:
+        check_resources(cfg.runners, have, int(have.get("GPU", 0)))
 
 
 def _fit(sweep_dir: Path, todo: list[str], log: Callable[[str], None]) -> dict[str, str]:

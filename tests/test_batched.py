@@ -94,6 +94,8 @@ def test_batched_config_needs_a_batched_env_and_refuses_what_it_does_not_do():
     assert load_config(None, vmas).runners.batched
     with pytest.raises(ConfigError, match=r"runners\.batched.*model\.agent_modeling"):
         load_config(None, [*vmas, "model.agent_modeling={name: clam}"])
+    with pytest.raises(ConfigError, match=r"runners\.batched.*model\.recurrent"):
+        load_config(None, [*vmas, "model.recurrent={cell: gru}"])
     with pytest.raises(ConfigError, match=r"runners\.batched.*nonfinite_env_output"):
         load_config(None, [*vmas, "runners.nonfinite_env_output=end_episode"])
     from adversaries.config import ATTACK_BASE, _validate, merge_layers, read_yaml

@@ -174,3 +174,15 @@ def test_report_shows_stealth_columns_and_the_success_stealth_plane(tmp_path):
     assert report["stealth_png"] == "stealth_plane.png" and (out / "stealth_plane.png").is_file()
     assert "![Attack success against stealth](stealth_plane.png)" in md
     assert md.index("| attack |") < md.index("![")
+
+
+def test_curve_band_compares_seeds_at_the_same_x_not_row_by_row():
+    # Seed 1's first row comes an iteration later (its first episode ended later): the band
+    # must compare both seeds at x = 2 and 3, not seed 0's x = 1 with seed 1's x = 2.
+    from marl.stats import curve_band
+
+    x, mean, half = curve_band([[(1, 0.0), (2, 1.0), (3, 2.0)], [(2, 1.0), (3, 3.0)]])
+    assert x.tolist() == [2.0, 3.0] and mean.tolist() == [1.0, 2.5]
+    assert half[0] == 0.0 and half[1] > 0
+    x, mean, _ = curve_band([[(0, 0.0), (10, 1.0)], [(0, 2.0), (5, 2.5), (10, 3.0)]])
+    assert x.tolist() == [0.0, 10.0] and mean.tolist() == [1.0, 2.0]

@@ -107,10 +107,10 @@ def test_smax_world_state_is_smax_state_rescaled_into_unit_range():
     ``world_state="raw"`` is SMAX's own."""
     from envs.smax import SmaxParallelEnv
 
-    raw_env = SmaxParallelEnv("3m", world_state="raw")
+    raw_env = SmaxParallelEnv("3m")  # the default: a run made before the rescaling resumes on it
     raw_env.reset(seed=2)  # reset only: a second compiled step would cost seconds
     np.testing.assert_array_equal(raw_env.state(), _raw_world_state(raw_env))
-    env = SmaxParallelEnv("3m")
+    env = SmaxParallelEnv("3m", world_state="normalized")
     n_units, n_types, half = 6, 6, 16.0  # 3m: 3 + 3 marines on a 32 x 32 map
     rng = np.random.default_rng(2)
     _, infos = env.reset(seed=2)

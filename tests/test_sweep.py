@@ -106,6 +106,19 @@ def test_out_that_is_not_empty_is_refused(capsys, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
+@pytest.mark.slow
+def test_a_trial_the_cluster_cannot_hold_is_refused_before_anything_is_made(tmp_path):
+    # Tune would leave such a trial pending forever; Ray starts (a subprocess: its own Ray).
+    out = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "run.py", "sweep", CONFIG, *TINY, "runners.num_env_runners=64",
+                           "--grid", "seed=0,1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("error: runners.num_env_runners: 64 remote EnvRunners") and "the Ray cluster has" in lines[0]
+    assert not out.exists()
+
+
 def test_a_sweep_that_is_running_is_not_run_twice(capsys, tmp_path):
     plan, configs, _ = sweep.plan_sweep(CONFIG, TINY, ["seed=0,1"], samples=1)
     out = sweep.create_sweep(plan, configs, tmp_path / "sweep")

@@ -286,9 +286,19 @@ def joint_ppo_loss(
         clip_frac = torch.where(acted, (ratio - 1).abs() > clip_param, False).float().sum() / n_acted
         # Explained variance of the (normalised) value targets, 1 - Var[y - v] / Var[y]: 1 is a
         # perfect critic, 0 no better than a constant.
+        # Masked moments, not boolean indexing: no host sync (tests/test_device.py).
         real = v_mask.expand_as(targets) > 0
-        y, err = targets[real], (targets - preds)[real]
-        explained_var = 1 - err.var(unbiased=False) / y.var(unbiased=False).clamp(min=1e-8) if y.numel() > 1 else y.new_zeros(())
+        n_real = real.sum()
+
+        def masked_var(x: torch.Tensor) -> torch.Tensor:
+            x = torch.where(real, x, torch.zeros_like(x))
+            mean = x.sum() / n_real.clamp(min=1)
+            return torch.where(real, (x - mean) ** 2, torch.zeros_like(x)).sum() / n_real.clamp(min=1)
+
+        explained_var = torch.where(
+            n_real > 1, 1 - masked_var(targets - preds) / masked_var(targets).clamp(min=1e-8),
+            torch.zeros((), device=targets.device),
+        )
     stats: dict[str, Any] = {
         POLICY_LOSS_KEY: policy_loss,
         VF_LOSS_KEY: vf_loss,

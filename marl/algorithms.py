@@ -134,7 +134,10 @@ def build_ppo(
         )
         # A sub-environment that raises is recreated and its episode dropped (marl/runners.py
         # bounds how often); a remote EnvRunner process that dies is restarted.
-        .fault_tolerance(restart_failed_sub_environments=True, restart_failed_env_runners=True)
+        # A remote runner whose task raised sleeps this long before it exits and is restarted
+        # (RLlib's default, 60 s, would stall the whole iteration; its line is already posted).
+        .fault_tolerance(restart_failed_sub_environments=True, restart_failed_env_runners=True,
+                         delay_between_env_runner_restarts_s=2.0)
         .api_stack(enable_rl_module_and_learner=True, enable_env_runner_and_connector_v2=True)
         .learners(
             # num_learners: 0 is RLlib's local Learner in the driver; it trains on a GPU of

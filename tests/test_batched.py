@@ -151,7 +151,7 @@ def test_batched_runner_feeds_the_learner_the_per_env_paths_batch_and_trains():
     assert {"obs/obs", "obs/state", "actions", "action_logp", "dag_noise_edge", "advantages"} <= {
         k.split("/", 1)[1] for k in columns[True]}
     # Seeding: copy b's first observation is TeamEnv's reset with seed SEED + b.
-    env = TeamEnv({"import": "envs.smax", "kwargs": {"map_name": MAP}})
+    env = TeamEnv({"import": "envs.smax", "kwargs": dict(cfg.env.kwargs)})  # the config's world_state too
     starts = np.stack([e.agent_episodes["team_0"].get_observations(0)["state"]
                        for e in episodes[True] if e.env_t_started == 0])
     for i in range(b):

@@ -267,7 +267,6 @@ def _cmd_sweep(args) -> int:
                             "the sweep's own sweep.json says what to run")
         plan = sweep.load_sweep(path)
         if flag == "--resume":
-            print(f"sweep directory: {path} (resumed)", file=sys.stderr)
             summary = sweep.run_sweep(path, plan)
         else:
             summary = sweep.write_summary(path, plan)
@@ -403,9 +402,9 @@ def _cmd_jobs(args) -> int:
 class _Watched:
     """A stream that remembers its last non-empty line and the run directories named on it
     (``run directory: X`` / ``resuming X from ...``, as train, resume and attack print them;
-    ``sweep directory: X``, as sweep does)."""
+    ``sweep X: N trials; ...``, as a sweep and its resume do)."""
 
-    RUN_DIR = re.compile(r"^(?:run directory: (\S+)|resuming (\S+) from |sweep directory: (\S+))")
+    RUN_DIR = re.compile(r"^(?:run directory: (\S+)|resuming (\S+) from |sweep (\S+): \d+ trials;)")
 
     def __init__(self, stream):
         self.stream, self.last, self.run_dirs = stream, None, []

@@ -85,7 +85,8 @@ class Head:
 
     def stop(self) -> None:
         """SIGTERM to the head's process group, SIGKILL after 10 s (`ray start --block` ignores
-        SIGTERM while its children stop); never `ray stop`, which ends everyone's Ray."""
+        SIGTERM while its children stop). Only this group: Ray's own stop command would end every
+        Ray process of the user on the machine."""
         for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
             try:
                 os.killpg(self.proc.pid, sig)

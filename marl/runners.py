@@ -30,6 +30,7 @@ dict of the AlgorithmConfig that every EnvRunner can read (marl/algorithms.py se
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from ray.rllib.env.env_runner import ENV_STEP_FAILURE, NUM_ENV_STEP_FAILURES_LIFETIME
@@ -57,6 +58,17 @@ def pop_remote_fault_limit(key: str | None) -> str | None:
     return value.decode()
 
 
+def freeze_long_lived_objects() -> None:
+    """Move every object alive now out of the cyclic garbage collector's reach (``gc.freeze``).
+
+    A full (generation-2) collection walks every tracked object: once Ray, JAX, torch and an
+    RLlib algorithm are loaded that is ~0.8M objects, and on SMAX through the batched runner one
+    full collection took ~0.35 s and came every few iterations, about 7% of the CPU time. The
+    modules, envs and libraries frozen here live as long as the process anyway."""
+    gc.collect()
+    gc.freeze()
+
+
 class FaultTolerantEnvRunner(MultiAgentEnvRunner):
     """See the module docstring."""
 
@@ -64,6 +76,7 @@ class FaultTolerantEnvRunner(MultiAgentEnvRunner):
         self._fault_lines: list[str] = []  # since the driver last asked (pop_faults)
         self._faults_this_sample = 0
         super().__init__(*args, **kwargs)
+        freeze_long_lived_objects()
 
     # ...................................................................... driver API
     def pop_faults(self) -> list[str]:

@@ -239,6 +239,7 @@ class Trainer:
     # .............................................................. construction
     def build(self, resume_from: Path | None = None) -> None:
         from marl.algorithms import build_algorithm_config
+        from marl.runners import freeze_long_lived_objects
 
         torch.set_num_threads(self.cfg.runners.torch_threads)
         init_ray()
@@ -260,6 +261,7 @@ class Trainer:
                 seed_everything(self.cfg.seed + 7919 * self.state.iteration)
             if not has_team_weights(resume_from):  # written before safe weights existed
                 save_team_weights(self.algo, resume_from)
+        freeze_long_lived_objects()  # the algorithm and its local runner and learner
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.state.iteration + 1)

@@ -186,3 +186,22 @@ def test_dead_agents_take_zero_continuous_actions_and_add_no_logp():
     params = out[Columns.ACTION_DIST_INPUTS].reshape(8, N, 4)
     logp = m.agent_logp(params, out[Columns.ACTIONS])
     assert torch.allclose(out[Columns.ACTION_LOGP], logp[:, [0, 2]].sum(-1), atol=1e-5)
+
+
+def test_empty_graph_actor_skips_the_zero_parent_columns_with_the_same_outputs_and_gradients():
+    # Under the empty graph the actor gets [o_i, id_i] only; its first layer applies to those
+    # columns. It must equal the full-width actor on [o_i, id_i, zeros] in value and gradient.
+    m = make_module()
+    obs, actions = make_obs(b=5), torch.zeros(5, N, dtype=torch.long)
+    x = m.actor_inputs(obs, actions, m.graph(obs["obs"]))
+    assert x.shape[-1] == D + N < m.actor[0].in_features
+    narrow = m.conditional_logits(obs, actions, m.graph(obs["obs"]))
+    narrow.sum().backward()
+    grad = m.actor[0].weight.grad.clone()
+    m.zero_grad()
+    padded = torch.cat([x, x.new_zeros(*x.shape[:-1], m.actor[0].in_features - x.shape[-1])], -1)
+    full = m.head.dist_inputs(m.actor(padded), obs["action_mask"])
+    full.sum().backward()
+    torch.testing.assert_close(narrow, full)
+    torch.testing.assert_close(grad, m.actor[0].weight.grad)
+    assert torch.count_nonzero(grad[:, D + N:]) == 0

@@ -42,6 +42,7 @@ from typing import Any
 
 import gymnasium as gym
 import torch
+import torch.nn.functional as F
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
@@ -77,6 +78,22 @@ def trunk(in_dim: int, hidden: int, layers: int, act: str) -> nn.Sequential:
         mods += [lin, ACTIVATIONS[act]()]
         d = hidden
     return nn.Sequential(*mods)
+
+
+def forward_narrow(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``net(x')`` where x' is ``x`` followed by zeros up to the width net's first layer takes
+    (the empty graph's parent-action columns, ``JointPolicyModule.actor_inputs``). Those
+    columns' products with the first layer's weights are zeros, so they are skipped: the same
+    output and gradients, a narrower first matmul."""
+    first = net[0] if len(net) else None
+    if x.shape[-1] == getattr(first, "in_features", x.shape[-1]):
+        return net(x)
+    if not isinstance(first, nn.Linear):
+        raise ValueError(f"input width {x.shape[-1]} does not match the network's")
+    y = F.linear(x, first.weight[:, : x.shape[-1]], first.bias)
+    for layer in list(net)[1:]:
+        y = layer(y)
+    return y
 
 
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, act: str, out_gain: float) -> nn.Sequential:
@@ -118,13 +135,13 @@ class RecurrentNet(nn.Module):
 
     def step(self, x: torch.Tensor, h: torch.Tensor, alive: torch.Tensor | None = None):
         """x [*, in], h [*, H], alive [*] -> (output [*, out], next state [*, H])."""
-        h = self._cell(self.trunk(x), h, alive)
+        h = self._cell(forward_narrow(self.trunk, x), h, alive)
         return self.out(h), h
 
     def sequence(self, x: torch.Tensor, h: torch.Tensor, alive: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, T, *, in], h [B, *, H] (the state before step 0), alive [B, T, *] ->
         outputs [B, T, *, out]."""
-        z = self.trunk(x)
+        z = forward_narrow(self.trunk, x)
         states = []
         for t in range(x.shape[1]):
             h = self._cell(z[:, t], h, None if alive is None else alive[:, t])
@@ -252,23 +269,24 @@ class JointPolicyModule(TorchRLModule, ValueFunctionAPI):
         return self.head.dist_inputs(out, obs["action_mask"])
 
     def actor_inputs(self, obs: dict, actions: torch.Tensor, graph: GraphSample) -> torch.Tensor:
-        """[B, n, in]: every agent's actor input [o_i, onehot(i) (, z_i), parents' actions]."""
+        """[B, n, in]: every agent's actor input [o_i, onehot(i) (, z_i), parents' actions].
+
+        Under the empty graph the parents' actions are all zeros and are left out (the actor
+        applies its first layer to the columns given, ``forward_narrow``)."""
         base = self._actor_base(obs)
-        b = base.shape[0]
         if graph.empty:
-            parents = base.new_zeros(b, self.n, self.n * self.head.code_dim)
-        else:
-            code = self.head.encode(actions, base.dtype)  # [B, n(j), c]
-            # parents[b, i, j, :] = G[b, j, i] * code[b, j, :]
-            parents = graph.adjacency.transpose(1, 2).unsqueeze(-1) * code.unsqueeze(1)
-            parents = parents.reshape(b, self.n, self.n * self.head.code_dim)
+            return base
+        code = self.head.encode(actions, base.dtype)  # [B, n(j), c]
+        # parents[b, i, j, :] = G[b, j, i] * code[b, j, :]
+        parents = graph.adjacency.transpose(1, 2).unsqueeze(-1) * code.unsqueeze(1)
+        parents = parents.reshape(base.shape[0], self.n, self.n * self.head.code_dim)
         return torch.cat([base, parents], dim=-1)
 
     def _actor(self, x: torch.Tensor, alive: torch.Tensor, hidden: torch.Tensor | None):
         """The actor on inputs [*, in]: (outputs, next hidden state), or (outputs, None) when
         it is feed-forward."""
         if self.recurrent is None:
-            return self.actor(x), None
+            return forward_narrow(self.actor, x), None
         if hidden is None:
             hidden = x.new_zeros(*x.shape[:-1], self.actor.state_size)
         return self.actor.step(x, hidden, alive)

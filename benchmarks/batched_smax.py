@@ -10,7 +10,8 @@
   module (MLP 64-64 tanh; it does not read the action masks: SMAX ignores illegal actions),
   ``--envs`` copies per runner, matched to MAPPO as in benchmarks/throughput.py: minibatch
   n × the team minibatch (RLlib counts agent rows, MAPPO team steps of n rows each), no
-  value-loss clipping, no KL term.
+  value-loss clipping, no KL term. One shim (``LastObservation``, below): an ally that dies on
+  the time-out step gets a zero last observation, without which RLlib's wrapper raises.
 
 All three: the same train batch (env steps per iteration), minibatch, epochs, lr, one local
 EnvRunner (``num_env_runners=0``) and a local learner, torch on 1 thread, JAX on the CPU; the
@@ -19,7 +20,10 @@ learning) are interleaved, one of each in turn, so load from other processes hit
 ``per_cpu_s`` is env steps per CPU second of this process (everything runs in it), which a
 shared machine's load disturbs far less than wall time. ``sampling`` times the same runners'
 ``sample()`` of one train batch alone (no learner), interleaved likewise: the part of an
-iteration that the batched path changes. The last stdout line is one JSON object.
+iteration that the batched path changes. ``learner_cpu_s_per_batch`` is an iteration's CPU time
+less that of sampling its steps, and ``ceiling_per_cpu_s_vs_rllib_ppo`` the most the batched
+path could gain over stock PPO per CPU second if its sampling cost nothing (Amdahl's law, with
+the learner unchanged). The last stdout line is one JSON object.
 
     python benchmarks/batched_smax.py [--iterations 3] [--batch 8192] [--batched-envs 512]
 """
@@ -33,6 +37,8 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -65,7 +71,20 @@ def stock_ppo(args):
 
     from envs.smax import SmaxParallelEnv
 
-    register_env("smax_pz", lambda cfg: ParallelPettingZooEnv(SmaxParallelEnv(**cfg)))
+    class LastObservation(ParallelPettingZooEnv):
+        """RLlib's wrapper needs a last observation for every truncated agent; SmaxParallelEnv
+        gives none to an ally that died on the time-out step (it is both terminated and
+        truncated there, envs/battle.py), and RLlib then raises. Such an ally gets SMAX's
+        dead-unit observation, zeros. Nothing else differs from the stock wrapper."""
+
+        def step(self, action_dict):
+            obs, rew, term, trunc, infos = super().step(action_dict)
+            for agent, truncated in trunc.items():
+                if truncated and agent != "__all__" and agent not in obs:
+                    obs[agent] = np.zeros(self.par_env.observation_space(agent).shape, np.float32)
+            return obs, rew, term, trunc, infos
+
+    register_env("smax_pz", lambda cfg: LastObservation(SmaxParallelEnv(**cfg)))
     config = (
         PPOConfig()
         .environment("smax_pz", env_config={"map_name": MAP})
@@ -113,6 +132,11 @@ def time_algos(algos: dict, iterations: int) -> dict[str, dict]:
                      "wall_s_per_iter": round(a["wall"] / iterations, 2),
                      "sampling_steps_per_s": round(a["sample_steps"] / a["sample_wall"], 1),
                      "sampling_steps_per_cpu_s": round(a["sample_steps"] / a["sample_cpu"], 1)}
+        # CPU seconds per train batch: the whole iteration, and its learner part (the
+        # iteration less sampling the same number of steps).
+        cpu_iter = a["cpu"] / a["steps"] * algo.config.train_batch_size
+        out[name]["cpu_s_per_batch"] = round(cpu_iter, 3)
+        out[name]["learner_cpu_s_per_batch"] = round(cpu_iter - a["sample_cpu"] / a["sample_steps"] * algo.config.train_batch_size, 3)
     return out
 
 
@@ -135,6 +159,9 @@ def main() -> None:
              logging_level=logging.ERROR)
     logging.getLogger("ray").setLevel(logging.ERROR)
     algos = {"batched": mappo(args, True), "per_env": mappo(args, False), "rllib_ppo": stock_ppo(args)}
+    from marl.runners import freeze_long_lived_objects
+
+    freeze_long_lived_objects()  # as the trainer does after building; for all three alike
     details = time_algos(algos, args.iterations)
     print(json.dumps(details), file=sys.stderr, flush=True)
     out = {k: v["steps_per_s"] for k, v in details.items()}
@@ -150,6 +177,12 @@ def main() -> None:
             "batched_vs_per_env": round(rate["batched"] / rate["per_env"], 2),
             "per_env_vs_rllib_ppo": round(rate["per_env"] / rate["rllib_ppo"], 2),
         }
+    # Amdahl: with the same optimiser steps the learner's CPU time stays whatever sampling
+    # costs, so the batched path can beat stock PPO per CPU second by at most stock's CPU time
+    # per batch over the batched path's learner CPU time per batch (sampling for free).
+    out["learner_cpu_s_per_batch"] = {k: v["learner_cpu_s_per_batch"] for k, v in details.items()}
+    out["ceiling_per_cpu_s_vs_rllib_ppo"] = round(
+        details["rllib_ppo"]["cpu_s_per_batch"] / details["batched"]["learner_cpu_s_per_batch"], 2)
     out["settings"] = {"map": MAP, **{k: getattr(args, k) for k in
                                       ("batch", "minibatch", "epochs", "iterations", "envs", "batched_envs")}}
     print(json.dumps(out))

@@ -240,3 +240,42 @@ def test_clam_trains_inside_the_rllib_learner(tmp_path):
 
     out = evaluate(trainer.run_dir / "checkpoints" / "iter_000003", episodes=2)
     assert np.isfinite(out["episode_return_mean"])
+
+
+@pytest.mark.slow
+def test_clam_with_two_learners_keeps_them_identical():
+    """runners.num_learners=2 (DDP over gloo): the encoder, which is not in the module's
+    forward pass, trains without stopping DDP, and its gradients are averaged, so after two
+    updates both Learners hold the same weights (their value normalisers see their own shards)."""
+    import ray
+
+    from marl.algorithms import build_algorithm_config
+
+    cfg = load_config("configs/mappo_simple_spread.yaml", [
+        *CLAM_SMALL, "model.agent_modeling.min_episodes=4", "model.agent_modeling.batch_episodes=16",
+        "algo.train_batch_size=300", "algo.minibatch_size=150", "algo.num_epochs=1",
+        "runners.num_envs_per_env_runner=2", "runners.num_learners=2",
+    ])
+
+    def weights(learner):
+        return {k: v.detach().cpu().clone() for k, v in learner.module["team_0"].unwrapped().state_dict().items()}
+
+    ray.shutdown()  # an earlier in-process test may have left this process's Ray running
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        algo = build_algorithm_config(cfg).build_algo()
+        try:
+            before = [r.get() for r in algo.learner_group.foreach_learner(weights)]
+            for _ in range(2):
+                out = algo.train()
+            after = [r.get() for r in algo.learner_group.foreach_learner(weights)]
+        finally:
+            algo.stop()
+    finally:
+        ray.shutdown()
+    assert np.isfinite(out["learners"]["team_0"]["agent_model/contrastive_loss"])
+    a, b = after
+    assert a.keys() == b.keys() and len(a) > 50
+    assert [k for k in a if not k.startswith("value_norm.") and not torch.equal(a[k], b[k])] == []
+    moved = [k for k in a if k.startswith("agent_model.encoder.") and not torch.equal(a[k], before[0][k])]
+    assert moved, "the encoder did not train"

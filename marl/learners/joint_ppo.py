@@ -21,7 +21,9 @@ only, on NT-Xent batches drawn from an episode buffer of finished episodes
 once the buffer holds ``min_episodes``. The contrastive loss is added to the module's total; the
 policy's optimizer holds none of the encoder's parameters and the actor reads a detached
 representation, so each optimizer steps on its own loss only (RLlib clips gradients per
-optimizer). After every step the EMA encoder moves toward the online one.
+optimizer). After every step the EMA encoder moves toward the online one. With several Learners
+the encoder stays out of DDP (it is not in the module's forward pass); its gradients are
+averaged over the Learners, which step it on the same minibatches.
 
 Recurrent modules (``model.recurrent``) arrive as RLlib's zero-padded [B, T] sequences with a
 loss mask (``AddTimeDimToBatchAndZeroPad``); the module runs each sequence from its stored
@@ -104,6 +106,49 @@ class JointPPOLearner(PPOTorchLearner):
             params=encoder, lr_or_lr_schedule=self._agent_modeling(module)["lr"],
         )
 
+    # ...................................................... several Learners (DDP)
+    def _make_modules_ddp_if_necessary(self) -> None:
+        """With ``runners.num_learners`` ≥ 2 RLlib wraps each module in DDP, whose reducer waits
+        for a gradient of every parameter once the module's forward pass has run. An agent
+        model's encoder is not in that pass (the actor reads the stored representation) and
+        trains on its own loss, on some minibatch steps only, so DDP would stop the update
+        ("Expected to have finished reduction"). It is left out of DDP, started from rank 0's
+        weights like the rest, and its gradients are averaged here (``compute_gradients``)."""
+        distributed = self.config.num_learners > 1
+        for module_id in self.module.keys() if distributed else ():
+            module = self.module[module_id]
+            if getattr(module, "models_agents", False):
+                model = module.agent_model
+                module._ddp_params_and_buffers_to_ignore = [
+                    f"agent_model.{name}" for name, _ in [*model.named_parameters(), *model.named_buffers()]]
+        super()._make_modules_ddp_if_necessary()
+        if _world_size() > 1:
+            for model in self._agent_models():
+                for tensor in [*model.parameters(), *model.buffers()]:
+                    torch.distributed.broadcast(tensor.data, src=0)
+
+    def _agent_models(self) -> list[torch.nn.Module]:
+        modules = {mid: self.module[mid].unwrapped() for mid in self.module.keys()}
+        return [m.agent_model for mid, m in modules.items() if getattr(m, "models_agents", False)]
+
+    def compute_gradients(self, loss_per_module, **kwargs):
+        gradients = super().compute_gradients(loss_per_module, **kwargs)
+        world = _world_size()
+        if world > 1:  # the encoders DDP leaves out: the mean gradient over the Learners
+            for module_id in sorted(self._encoder_stepped):  # the same on every Learner
+                model = self.module[module_id].unwrapped().agent_model
+                for p in model.online_parameters():
+                    if p.grad is None:  # a parameter this loss did not reach
+                        p.grad = torch.zeros_like(p)
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+                # Running statistics (the projection's batch norm): the Learners' mean.
+                for buf in model.buffers():
+                    if buf.is_floating_point():
+                        torch.distributed.all_reduce(buf)
+                        buf /= world
+        return gradients
+
     @staticmethod
     def _agent_modeling(module) -> dict[str, Any]:
         return dict(module.model_config["agent_modeling"])
@@ -129,7 +174,12 @@ class JointPPOLearner(PPOTorchLearner):
         # The 1st, (1+k)-th, (1+2k)-th ... minibatch step of each update: every update trains
         # the encoder at least once (and logs its loss: a metric missing from one iteration
         # would read as NaN).
-        if buffer is None or buffer.size < am.get("min_episodes", 16) or count % am.get("encoder_every", 1):
+        size = 0 if buffer is None else buffer.size
+        if _world_size() > 1:  # the smallest buffer of all Learners: all step, or none does
+            size_t = torch.tensor([size], device=self._device)
+            torch.distributed.all_reduce(size_t, op=torch.distributed.ReduceOp.MIN)
+            size = int(size_t.item())
+        if size < am.get("min_episodes", 16) or count % am.get("encoder_every", 1):
             return None, stats
         self._encoder_stepped.add(module_id)
         hist, lengths = buffer.sample(am.get("batch_episodes", 512))  # on the learner's device
@@ -218,6 +268,12 @@ class JointPPOLearner(PPOTorchLearner):
         # itself at each reduce, i.e. once per training iteration).
         self.metrics.log_dict(stats, key=module_id, reduce="mean")
         return total
+
+
+def _world_size() -> int:
+    """The number of Learners training together (1 without torch.distributed)."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def joint_ppo_loss(

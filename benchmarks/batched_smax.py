@@ -8,12 +8,12 @@
 - ``rllib_ppo``: RLlib's stock PPO over the per-env env (``SmaxParallelEnv`` in RLlib's
   ``ParallelPettingZooEnv``, one agent per ally), one shared policy with RLlib's default
   module (MLP 64-64 tanh; it does not read the action masks: SMAX ignores illegal actions),
-  ``--envs`` copies per runner, matched to MAPPO as in benchmarks/throughput.py: minibatch
-  n × the team minibatch (RLlib counts agent rows, MAPPO team steps of n rows each), no
-  value-loss clipping, no KL term. One shim (``LastObservation``, below): an ally that dies on
+  ``--envs`` copies per runner, matched to MAPPO as in benchmarks/throughput.py: the same
+  optimizer steps per iteration (RLlib's minibatch counts agent rows, of allies alive only;
+  ``matched_stock_ppo``), no value-loss clipping, no KL term. One shim (``LastObservation``, below): an ally that dies on
   the time-out step gets a zero last observation, without which RLlib's wrapper raises.
 
-All three: the same train batch (env steps per iteration), minibatch, epochs, lr, one local
+All three: the same train batch (env steps per iteration), optimizer steps, epochs, lr, one local
 EnvRunner (``num_env_runners=0``) and a local learner, torch on 1 thread, JAX on the CPU; the
 JIT compile happens in an untimed warm-up iteration. The timed ``train()`` calls (sampling +
 learning) are interleaved, one of each in turn, so load from other processes hits them alike.
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 import warnings
@@ -63,7 +64,7 @@ def mappo(args, batched: bool):
     return build_algorithm_config(cfg).build_algo()
 
 
-def stock_ppo(args):
+def stock_ppo(args, minibatch: int):
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
     from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
@@ -92,10 +93,35 @@ def stock_ppo(args):
         .multi_agent(policies={"shared"}, policy_mapping_fn=lambda aid, *a, **k: "shared")
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[64, 64], fcnet_activation="tanh"))
         .training(train_batch_size=args.batch, num_epochs=args.epochs, lr=5e-4,
-                  minibatch_size=N_ALLIES * args.minibatch, **MATCHED_PPO)
+                  minibatch_size=minibatch, **MATCHED_PPO)
         .debugging(seed=0, log_level="ERROR")
     )
     return config.build_algo()
+
+
+def matched_stock_ppo(args):
+    """Stock PPO with as many optimizer steps per iteration as MAPPO takes. RLlib's PPO splits
+    agent rows into minibatches, MAPPO team steps; dead allies have no rows, so n × the team
+    minibatch would give stock PPO fewer steps. One train batch sampled by a probe build counts
+    the agent rows; the minibatch is that count over MAPPO's minibatches per epoch."""
+    probe = stock_ppo(args, N_ALLIES * args.minibatch)
+    episodes = probe.env_runner.sample(num_timesteps=args.batch)
+    rows = sum(len(sa) for ep in episodes for sa in ep.agent_episodes.values())
+    probe.stop()
+    return stock_ppo(args, math.ceil(rows / (args.batch // args.minibatch)))
+
+
+def count_optimizer_steps(algo) -> list[int]:
+    """A counter of the local Learner's gradient updates (one per minibatch), for the report."""
+    learner, count = algo.learner_group._learner, [0]
+    update = learner._update
+
+    def counted(batch):
+        count[0] += 1
+        return update(batch)
+
+    learner._update = counted
+    return count
 
 
 def time_algos(algos: dict, iterations: int) -> dict[str, dict]:
@@ -104,6 +130,7 @@ def time_algos(algos: dict, iterations: int) -> dict[str, dict]:
     for algo in algos.values():
         algo.train()
     acc = {k: {"steps": 0, "wall": 0.0, "cpu": 0.0} for k in algos}
+    counters = {k: count_optimizer_steps(algo) for k, algo in algos.items()}
     for _ in range(iterations):
         for name, algo in algos.items():
             w0, c0 = time.perf_counter(), time.process_time()
@@ -112,6 +139,7 @@ def time_algos(algos: dict, iterations: int) -> dict[str, dict]:
             a["wall"] += time.perf_counter() - w0
             a["cpu"] += time.process_time() - c0
             a["steps"] += int(result["env_runners"]["num_env_steps_sampled"])
+    steps = {k: c[0] / iterations for k, c in counters.items()}
     # Sampling alone: the same EnvRunners' sample() of one train batch, interleaved.
     for _ in range(iterations):
         for name, algo in algos.items():
@@ -136,6 +164,8 @@ def time_algos(algos: dict, iterations: int) -> dict[str, dict]:
         # iteration less sampling the same number of steps).
         cpu_iter = a["cpu"] / a["steps"] * algo.config.train_batch_size
         out[name]["cpu_s_per_batch"] = round(cpu_iter, 3)
+        out[name]["optimizer_steps_per_iter"] = steps[name]
+        out[name]["minibatch"] = algo.config.minibatch_size
         out[name]["learner_cpu_s_per_batch"] = round(cpu_iter - a["sample_cpu"] / a["sample_steps"] * algo.config.train_batch_size, 3)
     return out
 
@@ -144,7 +174,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iterations", type=int, default=3, help="timed train() calls per algorithm")
     p.add_argument("--batch", type=int, default=8192, help="train batch, env steps (all three)")
-    p.add_argument("--minibatch", type=int, default=1024, help="team steps (MAPPO); stock PPO: n × this agent rows")
+    p.add_argument("--minibatch", type=int, default=1024, help="team steps (MAPPO); stock PPO: the agent rows that give as many minibatches")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--envs", type=int, default=16, help="env copies per runner, per-env paths")
     p.add_argument("--batched-envs", type=int, default=512, help="env copies per runner, batched path")
@@ -158,7 +188,7 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              logging_level=logging.ERROR)
     logging.getLogger("ray").setLevel(logging.ERROR)
-    algos = {"batched": mappo(args, True), "per_env": mappo(args, False), "rllib_ppo": stock_ppo(args)}
+    algos = {"batched": mappo(args, True), "per_env": mappo(args, False), "rllib_ppo": matched_stock_ppo(args)}
     from marl.runners import freeze_long_lived_objects
 
     freeze_long_lived_objects()  # as the trainer does after building; for all three alike
@@ -180,6 +210,7 @@ def main() -> None:
     # Amdahl: with the same optimiser steps the learner's CPU time stays whatever sampling
     # costs, so the batched path can beat stock PPO per CPU second by at most stock's CPU time
     # per batch over the batched path's learner CPU time per batch (sampling for free).
+    out["optimizer_steps_per_iter"] = {k: v["optimizer_steps_per_iter"] for k, v in details.items()}
     out["learner_cpu_s_per_batch"] = {k: v["learner_cpu_s_per_batch"] for k, v in details.items()}
     out["ceiling_per_cpu_s_vs_rllib_ppo"] = round(
         details["rllib_ppo"]["cpu_s_per_batch"] / details["batched"]["learner_cpu_s_per_batch"], 2)

@@ -64,7 +64,8 @@ def freeze_long_lived_objects() -> None:
     A full (generation-2) collection walks every tracked object: once Ray, JAX, torch and an
     RLlib algorithm are loaded that is ~0.8M objects, and on SMAX through the batched runner one
     full collection took ~0.35 s and came every few iterations, about 7% of the CPU time. The
-    modules, envs and libraries frozen here live as long as the process anyway."""
+    modules, envs and libraries frozen here live as long as the run (``gc.unfreeze`` hands them
+    back when a process runs several)."""
     gc.collect()
     gc.freeze()
 
@@ -76,7 +77,8 @@ class FaultTolerantEnvRunner(MultiAgentEnvRunner):
         self._fault_lines: list[str] = []  # since the driver last asked (pop_faults)
         self._faults_this_sample = 0
         super().__init__(*args, **kwargs)
-        freeze_long_lived_objects()
+        if self.worker_index:  # a remote runner's own process (the Trainer freezes the driver's)
+            freeze_long_lived_objects()
 
     # ...................................................................... driver API
     def pop_faults(self) -> list[str]:

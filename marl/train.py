@@ -26,6 +26,7 @@ keeps the last good checkpoint.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -530,6 +531,7 @@ class Trainer:
             self.algo.stop()
         if self.writer is not None:
             self.writer.close()
+        gc.unfreeze()  # what build() froze may be garbage now (several runs in one process)
 
 
 def _last_good(ckpt: Path | None) -> str:

@@ -10,8 +10,9 @@
   module (MLP 64-64 tanh; it does not read the action masks: SMAX ignores illegal actions),
   ``--envs`` copies per runner, matched to MAPPO as in benchmarks/throughput.py: the same
   optimizer steps per iteration (RLlib's minibatch counts agent rows, of allies alive only;
-  ``matched_stock_ppo``), no value-loss clipping, no KL term. One shim (``LastObservation``, below): an ally that dies on
-  the time-out step gets a zero last observation, without which RLlib's wrapper raises.
+  ``matched_stock_ppo``), no value-loss clipping, no KL term. One shim (``LastObservation``,
+  below): an ally that dies on the time-out step gets a zero last observation, without which
+  RLlib's wrapper raises.
 
 All three: the same train batch (env steps per iteration), optimizer steps, epochs, lr, one local
 EnvRunner (``num_env_runners=0``) and a local learner, torch on 1 thread, JAX on the CPU; the

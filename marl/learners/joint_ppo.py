@@ -174,12 +174,14 @@ class JointPPOLearner(PPOTorchLearner):
         # The 1st, (1+k)-th, (1+2k)-th ... minibatch step of each update: every update trains
         # the encoder at least once (and logs its loss: a metric missing from one iteration
         # would read as NaN).
+        if count % am.get("encoder_every", 1):  # the same count on every Learner
+            return None, stats
         size = 0 if buffer is None else buffer.size
         if _world_size() > 1:  # the smallest buffer of all Learners: all step, or none does
             size_t = torch.tensor([size], device=self._device)
             torch.distributed.all_reduce(size_t, op=torch.distributed.ReduceOp.MIN)
             size = int(size_t.item())
-        if size < am.get("min_episodes", 16) or count % am.get("encoder_every", 1):
+        if size < am.get("min_episodes", 16):
             return None, stats
         self._encoder_stepped.add(module_id)
         hist, lengths = buffer.sample(am.get("batch_episodes", 512))  # on the learner's device
